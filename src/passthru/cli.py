@@ -1,0 +1,373 @@
+"""The ``passthru`` command line: parses input, calls the library, prints tables (Rich) or JSON (``--json``).
+
+No host logic lives here. Errors are one line on stderr, ``passthru: <problem>; <fix>``, with exit code 2 for bad
+input and 1 for host failures.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .errors import NotFoundError, PassthruError, UsageError
+
+app = typer.Typer(
+    name="passthru",
+    help=(
+        "VM device passthrough for KVM/QEMU hosts: discover devices, check the host, take devices over for "
+        "vfio-pci and hand them to VMs.\n\n"
+        "Examples:\n\n"
+        "  passthru devices                 # every device, its kind, driver and IOMMU group\n\n"
+        "  passthru devices --kind gpu --json\n\n"
+        "  passthru groups                  # IOMMU groups and whether each can be passed through\n\n"
+        "  passthru show 0000:42:00.0       # everything about one device and its group mates\n\n"
+        "  passthru --root ./capture devices  # replay a captured host"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+class _Ctx:
+    def __init__(self, root: str | None, config_dir: str | None, state_dir: str | None) -> None:
+        from .host.root import HostRoot
+        from .config import Paths
+
+        self.host = HostRoot.from_env(root)
+        self.paths = Paths.for_root(self.host, config_dir, state_dir)
+
+    def models(self) -> list:
+        from .config import load_models
+
+        return load_models(self.paths.models_file)
+
+    def inventory(self, **kw: Any):
+        from .discovery import discover
+
+        return discover(self.host, self.models(), **kw)
+
+    def namer(self):
+        from .render import Namer
+
+        return Namer(self.host)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"passthru {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    root: Annotated[Optional[str], typer.Option(
+        "--root", envvar="PASSTHRU_ROOT", metavar="DIR",
+        help="Read the host from DIR instead of / (a fixture or an extracted `passthru capture`).")] = None,
+    config_dir: Annotated[Optional[str], typer.Option(
+        "--config-dir", envvar="PASSTHRU_CONFIG_DIR", metavar="DIR",
+        help="Configuration directory [default: ROOT/etc/passthru].")] = None,
+    state_dir: Annotated[Optional[str], typer.Option(
+        "--state-dir", envvar="PASSTHRU_STATE_DIR", metavar="DIR",
+        help="State directory [default: ROOT/var/lib/passthru].")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    ctx.obj = _Ctx(root, config_dir, state_dir)
+
+
+def _emit_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+def _console():
+    from rich.console import Console
+
+    import os
+
+    # piped output keeps whole lines (grep/less friendly); a terminal gets its real width
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "0") or 0) or 250
+    return Console(highlight=False, soft_wrap=False, width=width)
+
+
+def _table(title: str | None, columns: list[str]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
+    for c in columns:
+        t.add_column(c, overflow="fold", no_wrap=c in ("ADDRESS/ID", "ADDRESS", "IDS", "PORT PATH", "DRIVER"))
+    return t
+
+
+def _s(v: Any) -> str:
+    return "-" if v is None or v == "" else str(v)
+
+
+KIND_HELP = "Only this kind: gpu, nic, nvme, usb, serial, bridge, other, or a custom model's kind."
+
+
+@app.command()
+def devices(
+    ctx: typer.Context,
+    kind: Annotated[Optional[str], typer.Option("--kind", "-k", help=KIND_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document (docs/json.md).")] = False,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Include bridges in the table.")] = False,
+) -> None:
+    """List passthrough-relevant devices: PCI functions, USB devices and serial ports.
+
+    Examples: `passthru devices`, `passthru devices --kind nic --json`, `passthru devices -k gpu`.
+    """
+    c: _Ctx = ctx.obj
+    inv = c.inventory()
+    from .config import BUILTIN_KINDS
+
+    kinds = {d.kind for d in inv.devices} | set(BUILTIN_KINDS) | {m.kind for m in c.models()}
+    if kind is not None and kind not in kinds:
+        raise UsageError(f"unknown kind {kind!r}; use one of: {', '.join(sorted(kinds))}")
+    selected = [d for d in inv.devices if kind is None or d.kind == kind]
+    names = c.namer()
+    if as_json:
+        from .render import devices_document
+
+        _emit_json(devices_document(inv, selected, names))
+        return
+    con = _console()
+    if not inv.iommu.enabled:
+        con.print(f"[yellow]! {inv.iommu.message}[/yellow]")
+    t = _table(None, ["ADDRESS/ID", "KIND", "ROLE", "IDS", "NAME", "DRIVER", "GROUP", "NUMA", "NOTES"])
+    shown = 0
+    for d in selected:
+        if d.kind == "bridge" and not (all_ or kind == "bridge"):
+            continue
+        shown += 1
+        if d.bus == "pci":
+            fn = d.fact
+            notes = []
+            if fn.boot_vga:
+                notes.append("boot VGA")
+            if d.companions:
+                notes.append("with " + ",".join(a.split(":", 1)[1] for a in d.companions))
+            if d.companion_of:
+                notes.append("of " + d.companion_of.split(":", 1)[1])
+            if fn.sriov_totalvfs:
+                notes.append(f"VFs {fn.sriov_numvfs or 0}/{fn.sriov_totalvfs}")
+            if fn.physfn:
+                notes.append(f"VF {fn.vf_index} of {fn.physfn.split(':', 1)[1]}")
+            if fn.mdev_types:
+                notes.append(f"mdev types {len(fn.mdev_types)}")
+            if fn.netdevs:
+                notes.append(" ".join(fn.netdevs))
+            if d.model:
+                notes.append(f"model {d.model}")
+            name = names.pci.device(fn.vendor_id, fn.device_id) or names.pci.pci_class(fn.class_code) or "-"
+            t.add_row(d.id, d.kind, _s(d.role), fn.ids, name, _s(fn.driver), _s(fn.iommu_group),
+                      "-" if fn.numa_node < 0 else str(fn.numa_node), ", ".join(notes))
+        elif d.bus == "usb":
+            u = d.fact
+            name = u.product or names.usb.device(u.vendor_id, u.product_id) or "-"
+            notes = [f"bus {u.busnum} dev {u.devnum}"] + (["serial " + u.serial] if u.serial else [])
+            t.add_row(d.id, d.kind, _s(d.role), u.ids, name, _s(u.driver), "-", "-", ", ".join(notes))
+        else:
+            p = d.fact
+            notes = (["console"] if p.console else []) + ([f"{p.backing_bus} {p.backing_id}"] if p.backing_bus else [])
+            t.add_row(d.id, d.kind, _s(d.role), "-", p.name, _s(p.driver), "-", "-", ", ".join(notes))
+    con.print(t)
+    con.print(f"{shown} devices" + ("" if all_ or kind else " (bridges hidden; --all shows them)"))
+
+
+@app.command()
+def groups(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document (docs/json.md).")] = False,
+) -> None:
+    """List IOMMU groups with their members and whether each group is viable for vfio.
+
+    A group is viable when every endpoint in it is unbound or on vfio-pci/pci-stub; bridges may stay.
+    """
+    from .host.iommu import scan_groups
+    from .render import SCHEMA, group_json, iommu_json
+
+    c: _Ctx = ctx.obj
+    inv = c.inventory(usb=False, serial=False)
+    gs = scan_groups(c.host, inv.pci)
+    names = c.namer()
+    if as_json:
+        _emit_json({"schema": SCHEMA, "iommu": iommu_json(inv.iommu),
+                    "groups": [group_json(g, inv, names) for g in gs]})
+        return
+    con = _console()
+    if not inv.iommu.enabled:
+        con.print(f"[yellow]! {inv.iommu.message}[/yellow]")
+        return
+    t = _table(None, ["GROUP", "VIABLE", "ADDRESS", "KIND", "IDS", "NAME", "DRIVER"])
+    for g in gs:
+        first = True
+        for addr in g.devices or ("-",):
+            fn = inv.pci_function(addr)
+            dev = inv.by_id(addr)
+            t.add_row(str(g.number) if first else "", ("yes" if g.viable else "no") if first else "", addr,
+                      dev.kind if dev else "-", fn.ids if fn else "-",
+                      (names.pci.device(fn.vendor_id, fn.device_id) or "-") if fn else "-",
+                      _s(fn.driver if fn else None))
+            first = False
+        for other in g.other_members:
+            t.add_row("", "", other, "mdev/other", "-", "-", "-")
+    con.print(t)
+    con.print(f"{len(gs)} groups, {sum(g.viable for g in gs)} viable")
+
+
+@app.command()
+def usb(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document (docs/json.md).")] = False,
+) -> None:
+    """List USB devices with their stable port paths (BUS-PORT[.PORT]); root hubs and hubs are flagged."""
+    from .host.usb import scan_usb
+    from .render import SCHEMA, usb_json
+
+    c: _Ctx = ctx.obj
+    devs = scan_usb(c.host)
+    names = c.namer()
+    if as_json:
+        _emit_json({"schema": SCHEMA, "usb": [usb_json(u, names) for u in devs]})
+        return
+    con = _console()
+    if not devs:
+        con.print("no USB devices (no USB bus on this host)")
+        return
+    t = _table(None, ["PORT PATH", "BUS", "DEV", "IDS", "NAME", "SERIAL", "SPEED", "DRIVER", "NOTES"])
+    for u in devs:
+        d = usb_json(u, names)
+        notes = "root hub" if u.is_root_hub else ("hub" if u.is_hub else "")
+        t.add_row(u.port_path, str(u.busnum), _s(u.devnum), u.ids, _s(d["name"]), _s(u.serial),
+                  _s(u.speed_mbps) + (" Mb/s" if u.speed_mbps else ""), _s(u.driver), notes)
+    con.print(t)
+
+
+@app.command()
+def serial(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document (docs/json.md).")] = False,
+) -> None:
+    """List serial ports: real UARTs, USB serial adapters, ghosts (no UART behind them) and the console."""
+    from .host.serial import scan_serial
+    from .render import SCHEMA, serial_json
+
+    c: _Ctx = ctx.obj
+    ports = scan_serial(c.host)
+    if as_json:
+        _emit_json({"schema": SCHEMA, "serial": [serial_json(p) for p in ports]})
+        return
+    con = _console()
+    t = _table(None, ["PORT", "DEVICE", "TYPE", "BACKING", "DRIVER", "NOTES"])
+    for p in ports:
+        notes = ", ".join(n for n, on in (("console", p.console), ("ghost: no UART", p.ghost)) if on)
+        t.add_row(p.name, p.device, p.kind, f"{p.backing_bus} {p.backing_id}" if p.backing_bus else "-",
+                  _s(p.driver), notes)
+    con.print(t)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    ident: Annotated[str, typer.Argument(metavar="DEVICE",
+                                         help="PCI address (0000:42:00.0 or 42:00.0), USB port path (1-1.2), "
+                                              "or serial port (ttyS1, /dev/ttyS1).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document (docs/json.md).")] = False,
+) -> None:
+    """Everything known about one device, including its IOMMU group mates.
+
+    Examples: `passthru show 42:00.0`, `passthru show 1-1.2 --json`, `passthru show ttyS1`.
+    """
+    from .host.iommu import group_verdict
+    from .lookup import resolve_device
+    from .render import SCHEMA, device_json, iommu_json, pci_json
+
+    c: _Ctx = ctx.obj
+    inv = c.inventory()
+    dev = resolve_device(inv, ident)
+    names = c.namer()
+    doc: dict[str, Any] = {"schema": SCHEMA, "iommu": iommu_json(inv.iommu), "device": device_json(dev, names),
+                           "group": None}
+    if dev.bus == "pci" and dev.fact.iommu_group is not None:
+        mates = inv.group_mates(dev.id)
+        viable, blockers, reason = group_verdict([dev.fact, *mates])
+        doc["group"] = {"number": dev.fact.iommu_group, "viable": viable, "blockers": list(blockers),
+                        "reason": reason, "mates": [pci_json(m, names) | {"kind": inv.by_id(m.address).kind}
+                                                    for m in mates]}
+    if as_json:
+        _emit_json(doc)
+        return
+    con = _console()
+    d = doc["device"]
+    t = _table(f"{dev.id} ({dev.kind})", ["FIELD", "VALUE"])
+    for k, v in d.items():
+        if isinstance(v, (list, dict)):
+            if not v:
+                continue
+            v = json.dumps(v)
+        t.add_row(k, _s(v))
+    con.print(t)
+    g = doc["group"]
+    if g is not None:
+        con.print(f"IOMMU group {g['number']}: {g['reason']}")
+        for m in g["mates"]:
+            con.print(f"  {m['address']}  {m['kind']}  {m['vendor']}:{m['device']}  {_s(m['name'])}  "
+                      f"driver {_s(m['driver'])}")
+    elif dev.bus == "pci":
+        con.print(f"no IOMMU group: {inv.iommu.message}")
+
+
+@app.command()
+def capture(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Option("--output", "-o", metavar="FILE.tar.gz",
+                                        help="Where to write the snapshot.")],
+) -> None:
+    """Snapshot what discovery reads (sysfs/procfs attributes, symlinks kept; no secrets) into a tarball.
+
+    Replay it with `passthru --root DIR devices` after `tar xzf FILE.tar.gz -C DIR`. Attach it to bug reports.
+    Example: `passthru capture -o host.tar.gz`.
+    """
+    from .capture import capture_host
+
+    c: _Ctx = ctx.obj
+    stats = capture_host(c.host, output)
+    print(f"wrote {output}: {stats.files} files, {stats.links} links, {stats.dirs} directories")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except PassthruError as e:
+        print(f"passthru: {e}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        print("passthru: aborted", file=sys.stderr)
+        return 1
+    except _click_exception() as e:  # usage errors from the parser
+        e.show()
+        return e.exit_code
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+def _click_exception() -> type[Exception]:
+    try:
+        from typer._click.exceptions import ClickException  # typer >= 0.25 vendors click
+    except ImportError:  # pragma: no cover
+        from click.exceptions import ClickException
+    return ClickException
+
+
+__all__ = ["app", "main", "NotFoundError"]
