@@ -4,9 +4,14 @@ import sys
 
 
 def main() -> None:
-    from .cli import main as cli_main
+    from .commands import fast_main
 
-    sys.exit(cli_main())
+    rc = fast_main(sys.argv[1:])  # plain JSON listings skip the CLI framework (see commands.py)
+    if rc is None:
+        from .cli import main as cli_main
+
+        rc = cli_main()
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

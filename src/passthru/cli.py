@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .commands import Session, devices_doc, emit_json, groups_data, groups_doc, select_devices, serial_doc, usb_doc
 from .errors import NotFoundError, PassthruError, UsageError
 
 app = typer.Typer(
@@ -33,28 +34,7 @@ app = typer.Typer(
 )
 
 
-class _Ctx:
-    def __init__(self, root: str | None, config_dir: str | None, state_dir: str | None) -> None:
-        from .host.root import HostRoot
-        from .config import Paths
-
-        self.host = HostRoot.from_env(root)
-        self.paths = Paths.for_root(self.host, config_dir, state_dir)
-
-    def models(self) -> list:
-        from .config import load_models
-
-        return load_models(self.paths.models_file)
-
-    def inventory(self, **kw: Any):
-        from .discovery import discover
-
-        return discover(self.host, self.models(), **kw)
-
-    def namer(self):
-        from .render import Namer
-
-        return Namer(self.host)
+_Ctx = Session
 
 
 def _version(value: bool) -> None:
@@ -83,8 +63,7 @@ def _main(
     ctx.obj = _Ctx(root, config_dir, state_dir)
 
 
-def _emit_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+_emit_json = emit_json
 
 
 def _console():
@@ -125,19 +104,11 @@ def devices(
     Examples: `passthru devices`, `passthru devices --kind nic --json`, `passthru devices -k gpu`.
     """
     c: _Ctx = ctx.obj
-    inv = c.inventory()
-    from .config import BUILTIN_KINDS
-
-    kinds = {d.kind for d in inv.devices} | set(BUILTIN_KINDS) | {m.kind for m in c.models()}
-    if kind is not None and kind not in kinds:
-        raise UsageError(f"unknown kind {kind!r}; use one of: {', '.join(sorted(kinds))}")
-    selected = [d for d in inv.devices if kind is None or d.kind == kind]
-    names = c.namer()
     if as_json:
-        from .render import devices_document
-
-        _emit_json(devices_document(inv, selected, names))
+        _emit_json(devices_doc(c, kind))
         return
+    inv, selected = select_devices(c, kind)
+    names = c.namer()
     con = _console()
     if not inv.iommu.enabled:
         con.print(f"[yellow]! {inv.iommu.message}[/yellow]")
@@ -191,17 +162,12 @@ def groups(
 
     A group is viable when every endpoint in it is unbound or on vfio-pci/pci-stub; bridges may stay.
     """
-    from .host.iommu import scan_groups
-    from .render import SCHEMA, group_json, iommu_json
-
     c: _Ctx = ctx.obj
-    inv = c.inventory(usb=False, serial=False)
-    gs = scan_groups(c.host, inv.pci)
-    names = c.namer()
     if as_json:
-        _emit_json({"schema": SCHEMA, "iommu": iommu_json(inv.iommu),
-                    "groups": [group_json(g, inv, names) for g in gs]})
+        _emit_json(groups_doc(c))
         return
+    inv, gs = groups_data(c)
+    names = c.namer()
     con = _console()
     if not inv.iommu.enabled:
         con.print(f"[yellow]! {inv.iommu.message}[/yellow]")
@@ -230,14 +196,14 @@ def usb(
 ) -> None:
     """List USB devices with their stable port paths (BUS-PORT[.PORT]); root hubs and hubs are flagged."""
     from .host.usb import scan_usb
-    from .render import SCHEMA, usb_json
+    from .render import usb_json
 
     c: _Ctx = ctx.obj
+    if as_json:
+        _emit_json(usb_doc(c))
+        return
     devs = scan_usb(c.host)
     names = c.namer()
-    if as_json:
-        _emit_json({"schema": SCHEMA, "usb": [usb_json(u, names) for u in devs]})
-        return
     con = _console()
     if not devs:
         con.print("no USB devices (no USB bus on this host)")
@@ -258,13 +224,12 @@ def serial(
 ) -> None:
     """List serial ports: real UARTs, USB serial adapters, ghosts (no UART behind them) and the console."""
     from .host.serial import scan_serial
-    from .render import SCHEMA, serial_json
 
     c: _Ctx = ctx.obj
-    ports = scan_serial(c.host)
     if as_json:
-        _emit_json({"schema": SCHEMA, "serial": [serial_json(p) for p in ports]})
+        _emit_json(serial_doc(c))
         return
+    ports = scan_serial(c.host)
     con = _console()
     t = _table(None, ["PORT", "DEVICE", "TYPE", "BACKING", "DRIVER", "NOTES"])
     for p in ports:

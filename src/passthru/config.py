@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -69,6 +68,10 @@ def _hex_id(value: object, where: str) -> int:
 
 def load_models(path: str) -> list[DeviceModel]:
     """Read models.toml; a missing file means no models. Malformed content raises ConfigError naming the fix."""
+    if not os.path.exists(path):
+        return []
+    import tomllib  # only when there is a file to read: most hosts have none
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

@@ -8,6 +8,7 @@ The files are memory-mapped and searched per vendor block, never parsed whole (a
 from __future__ import annotations
 
 import mmap
+import re
 import os
 from functools import lru_cache
 
@@ -18,6 +19,10 @@ __all__ = ["IdsDb", "pci_ids", "usb_ids", "PCI_IDS_PATHS", "USB_IDS_PATHS"]
 PCI_IDS_PATHS = ("/usr/share/hwdata/pci.ids", "/usr/share/misc/pci.ids", "/usr/share/pci.ids")
 USB_IDS_PATHS = ("/usr/share/hwdata/usb.ids", "/usr/share/misc/usb.ids", "/var/lib/usbutils/usb.ids")
 IDS_ENV = "PASSTHRU_IDS_DIR"
+
+
+# a newline followed by a line that is neither a comment nor indented deeper than depth N
+_BLOCK_END = [re.compile(rb"\n(?!#|\t{%d})" % (n + 1)) for n in range(3)]
 
 
 class IdsDb:
@@ -49,14 +54,8 @@ class IdsDb:
         pos += 1
         depth = len(key) - len(key.lstrip(b"\t"))
         # the block ends at the first following line indented no deeper than this one (comments excepted)
-        i = data.find(b"\n", pos, end)
-        while 0 <= i < end - 1:
-            nxt = data[i + 1 : i + 2 + depth]
-            if nxt[:1] == b"#" or nxt[: depth + 1] == b"\t" * (depth + 1):
-                i = data.find(b"\n", i + 1, end)
-                continue
-            return pos, i
-        return pos, end
+        m = _BLOCK_END[depth].search(data, pos, end)
+        return pos, (m.start() if m else end)
 
     def _name_at(self, pos: int, keylen: int) -> str:
         data = self._data

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .root import HostRoot
+from .root import DirReader, HostRoot
 
 __all__ = [
     "PciAddress", "PciFunction", "MdevType", "MdevInstance", "parse_address", "normalize_address",
@@ -109,7 +109,7 @@ class PciFunction:
     mdevs: tuple[MdevInstance, ...]
     nvidia_creatable_vgpu_types: tuple[str, ...] | None
     nvidia_current_vgpu_type: str | None
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
+    accessible: bool = True  # False when config space reads all ones (device fell off the bus / powered off)
 
     @property
     def pci_address(self) -> PciAddress:
@@ -203,118 +203,165 @@ def _read_mdev_instances(h: HostRoot, d: str, address: str, names: set[str]) -> 
     return tuple(out)
 
 
-def _split_list(text: str | None) -> tuple[str, ...]:
-    if not text:
-        return ()
-    # reset_method is space separated; creatable_vgpu_types is one type per line ("ID : NAME" on some drivers)
-    return tuple(p.strip() for p in re.split(r"[\n ]+" if "\n" not in text else r"\n", text) if p.strip())
+_SPEEDS = {1: "2.5 GT/s PCIe", 2: "5.0 GT/s PCIe", 3: "8.0 GT/s PCIe", 4: "16.0 GT/s PCIe",
+           5: "32.0 GT/s PCIe", 6: "64.0 GT/s PCIe"}
+PCI_CAP_EXP = 0x10
 
 
-def read_function(h: HostRoot, address: str) -> PciFunction | None:
-    """Read one function; None if it is not there (or vanished while being read)."""
-    devices = h.sys + "/bus/pci/devices"
-    d = f"{devices}/{address}"
-    try:
-        with os.scandir(d) as it:
-            names = {e.name for e in it}
-    except OSError:
+def pcie_link_from_config(cfg: bytes) -> tuple[str | None, int | None, str | None, int | None] | None:
+    """(current speed, current width, max speed, max width) from the PCI Express capability in config space,
+    formatted as the kernel's current_link_speed etc.; None when the config is short (non-root reads get 64 bytes)
+    or has no PCIe capability. Max speed follows the kernel: Link Capabilities 2's vector when set, else LnkCap."""
+    if len(cfg) < 256 or not cfg[6] & 0x10:  # status: capabilities list
         return None
-    read = h.read
+    ptr, hops = cfg[0x34] & 0xFC, 0
+    while ptr and hops < 48:
+        if cfg[ptr] == PCI_CAP_EXP:
+            lnkcap = int.from_bytes(cfg[ptr + 0x0C: ptr + 0x10], "little")
+            lnksta = int.from_bytes(cfg[ptr + 0x12: ptr + 0x14], "little")
+            flags = int.from_bytes(cfg[ptr + 2: ptr + 4], "little")
+            max_code = lnkcap & 0xF
+            if flags & 0xF >= 2 and ptr + 0x30 <= len(cfg):  # capability version 2 has Link Capabilities 2
+                vec = (int.from_bytes(cfg[ptr + 0x2C: ptr + 0x30], "little") >> 1) & 0x7F
+                if vec:
+                    max_code = vec.bit_length()
+            cur_code, cur_w = lnksta & 0xF, (lnksta >> 4) & 0x3F
+            return (_SPEEDS.get(cur_code), cur_w,
+                    _SPEEDS.get(max_code), (lnkcap >> 4) & 0x3F)
+        ptr, hops = cfg[ptr + 1] & 0xFC, hops + 1
+    return None
 
-    ue = _parse_uevent(read(d + "/uevent") or "") if "uevent" in names else {}
-    vendor, device = _hex_pair(ue.get("PCI_ID"))
-    sub_v, sub_d = _hex_pair(ue.get("PCI_SUBSYS_ID"))
-    class_code = _int_or_none(ue.get("PCI_CLASS"), 16)
 
-    cfg = h.read_bytes(d + "/config", 64) if "config" in names else None
-    revision = header_type = None
+def read_function(h: HostRoot, address: str, *, find_vf_index: bool = True,
+                  bus: DirReader | None = None) -> PciFunction | None:
+    """Read one function; None if it is not there (or vanished while being read).
+
+    Cost matters (hosts have thousands of functions): IDs, class, revision, header type and the PCIe link come from
+    one read of the first 256 bytes of ``config``; optional attributes are simply tried (a failed lookup is cheaper
+    than listing the directory). ``uevent`` and the per-attribute files are the fallback when config is short or
+    unreadable. ``find_vf_index=False`` skips finding a VF's index through its PF (scan_pci fills it in from the
+    PF's virtfn links).
+    """
+    d = f"{h.sys}/bus/pci/devices/{address}"
+    r = h.opendir(d) if bus is None else bus.sub(address)
+    if r is None:
+        return None  # not there, or vanished before we looked
+    try:
+        target = h.readlink(d) if bus is None else bus.readlink(address)
+        return _read_function(h, r, d, address, find_vf_index, target)
+    finally:
+        r.close()
+
+
+def _read_function(h: HostRoot, r: DirReader, d: str, address: str, find_vf_index: bool,
+                   target: str | None) -> PciFunction | None:
+    read, read_int, link_name = r.read, r.read_int, r.link_name
+    cfg = r.read_bytes("config", 256)
+    vendor = device = sub_v = sub_d = class_code = revision = header_type = None
+    accessible = True
     if cfg and len(cfg) >= 16:
-        revision = cfg[8]
-        header_type = cfg[14] & 0x7F
-        if vendor is None:
+        if cfg[0:4] == b"\xff\xff\xff\xff" and cfg[9:12] == b"\xff\xff\xff":
+            accessible = False  # config reads all ones: the device no longer answers (fell off the bus, D3cold)
+        else:
             vendor = int.from_bytes(cfg[0:2], "little")
             device = int.from_bytes(cfg[2:4], "little")
-        if class_code is None:
+            if vendor == 0xFFFF:  # an SR-IOV VF: its ID registers read all ones; the kernel knows the real IDs
+                vendor = device = None
+            revision = cfg[8]
             class_code = int.from_bytes(cfg[9:12], "little")
-        if sub_v is None and header_type == 0 and len(cfg) >= 48:
-            sub_v = int.from_bytes(cfg[44:46], "little")
-            sub_d = int.from_bytes(cfg[46:48], "little")
-    # per-attribute fallbacks (captures without uevent/config, or unreadable config)
+            header_type = cfg[14] & 0x7F
+            if header_type == 0 and len(cfg) >= 48:
+                sub_v = int.from_bytes(cfg[44:46], "little")
+                sub_d = int.from_bytes(cfg[46:48], "little")
     if vendor is None:
-        vendor = h.read_hex(d + "/vendor")
-        device = h.read_hex(d + "/device")
-    if class_code is None:
-        class_code = h.read_hex(d + "/class")
-    if sub_v is None and "subsystem_vendor" in names:
-        sub_v = h.read_hex(d + "/subsystem_vendor")
-        sub_d = h.read_hex(d + "/subsystem_device")
-    if revision is None and "revision" in names:
-        revision = h.read_hex(d + "/revision")
-    if vendor is None or device is None or class_code is None:
-        # vanished mid-read, or not a PCI function at all
-        if not os.path.isdir(d):
-            return None
-        vendor = vendor if vendor is not None else 0xFFFF
-        device = device if device is not None else 0xFFFF
-        class_code = class_code if class_code is not None else 0xFF0000
+        # no usable IDs in config: uevent (kernel-cached IDs), then the per-attribute files
+        ue = _parse_uevent(read("uevent") or "")
+        if not ue and not os.path.isdir(d):
+            return None  # vanished
+        vendor, device = _hex_pair(ue.get("PCI_ID"))
+        if sub_v is None or sub_v == 0xFFFF:
+            sub_v, sub_d = _hex_pair(ue.get("PCI_SUBSYS_ID"))
+        if class_code is None:
+            class_code = _int_or_none(ue.get("PCI_CLASS"), 16)
+        if vendor is None:
+            vendor, device = read_int("vendor", 16), read_int("device", 16)
+        if class_code is None:
+            class_code = read_int("class", 16)
+        if sub_v is None:
+            sub_v, sub_d = read_int("subsystem_vendor", 16), read_int("subsystem_device", 16)
+        if revision is None:
+            revision = read_int("revision", 16)
+        if vendor is None or device is None or class_code is None:
+            if not os.path.isdir(d):
+                return None
+            vendor = 0xFFFF if vendor is None else vendor
+            device = 0xFFFF if device is None else device
+            class_code = 0xFF0000 if class_code is None else class_code
 
-    driver = ue.get("DRIVER")
-    if driver is None and "driver" in names:
-        driver = h.link_name(d + "/driver")
-    override = read(d + "/driver_override") if "driver_override" in names else None
+    driver = link_name("driver")
+    override = read("driver_override")
     if override in ("(null)", ""):
         override = None
-
-    group = None
-    if "iommu_group" in names:
-        g = h.link_name(d + "/iommu_group")
-        group = int(g) if g and g.isdigit() else None
-
-    numa = -1
-    if "numa_node" in names:
-        n = h.read_int(d + "/numa_node")
-        numa = n if n is not None else -1
+    g = link_name("iommu_group")
+    group = int(g) if g and g.isdigit() else None
+    numa = read_int("numa_node")
+    if numa is None:
+        numa = -1
 
     # parent bridge from the device's real location: .../0000:00:01.0/0000:01:00.0
     parent = None
-    target = h.readlink(d)
     if target:
         parts = target.rstrip("/").split("/")
         if len(parts) >= 2 and _FULL_BDF_RE.match(parts[-2]):
             parent = parts[-2]
     else:
-        real = os.path.realpath(d)
-        up = os.path.basename(os.path.dirname(real))
+        up = os.path.basename(os.path.dirname(os.path.realpath(d)))
         parent = up if _FULL_BDF_RE.match(up) else None
 
-    physfn = vf_index = None
-    if "physfn" in names:
-        physfn = h.link_name(d + "/physfn")
-    virtfns = [n for n in names if n.startswith("virtfn") and n[6:].isdigit()]
-    vfs: tuple[str, ...] = ()
-    if virtfns:
-        vfs = tuple(
-            v for v in (h.link_name(f"{d}/{n}") for n in sorted(virtfns, key=lambda n: int(n[6:]))) if v
-        )
-    if physfn:
+    # SR-IOV: a VF has a physfn link; a PF has sriov_totalvfs and virtfnN links
+    endpoint = header_type in (0, None)  # bridges are never VFs, PFs or mdev parents
+    physfn = link_name("physfn") if endpoint and r.has("physfn") else None
+    vf_index = None
+    if physfn and find_vf_index:
         for n, tgt in h.walk_links(f"{d}/physfn", "virtfn"):
             if tgt == address and n[6:].isdigit():
                 vf_index = int(n[6:])
                 break
+    totalvfs = numvfs = None
+    vfs: tuple[str, ...] = ()
+    if physfn is None and endpoint and r.has("sriov_totalvfs"):
+        totalvfs = read_int("sriov_totalvfs")
+        if totalvfs is not None:
+            numvfs = read_int("sriov_numvfs")
+            links = sorted(((int(n[6:]), t) for n, t in h.walk_links(d, "virtfn") if n[6:].isdigit()))
+            vfs = tuple(t for _, t in links)
 
-    netdevs = tuple(h.listdir(d + "/net")) if "net" in names else ()
-
-    mdev_types = _read_mdev_types(h, d) if "mdev_supported_types" in names else ()
-    mdevs = _read_mdev_instances(h, d, address, names) if mdev_types or any("-" in n for n in names) else ()
+    # network interfaces hang off network (02), serial-bus (0c: InfiniBand, CAN) and wireless (0d) functions
+    netdevs = tuple(r.listdir("net")) if class_code >> 16 in (0x02, 0x0C, 0x0D) else ()
+    # mdev parents are registered by their host driver (nvidia, i915, idxd...), never by vfio-pci or nothing
+    mdev_parent = endpoint and driver is not None and not driver.endswith(("vfio-pci", "pci-stub", "pcieport"))
+    mdev_types = _read_mdev_types(h, d) if mdev_parent and r.has("mdev_supported_types") else ()
+    mdevs = _read_mdev_instances(h, d, address, set(h.listdir(d))) if mdev_types else ()
 
     nv_types = nv_current = None
-    if "nvidia" in names:
-        raw = read(d + "/nvidia/creatable_vgpu_types")
-        nv_types = tuple(line.strip() for line in (raw or "").splitlines() if line.strip())
-        nv_current = read(d + "/nvidia/current_vgpu_type")
+    if vendor == 0x10DE:
+        raw = read("nvidia/creatable_vgpu_types")
+        if raw is not None:
+            nv_types = tuple(line.strip() for line in raw.splitlines() if line.strip())
+            nv_current = read("nvidia/current_vgpu_type")
 
-    def opt(name: str) -> str | None:
-        return read(f"{d}/{name}") if name in names else None
+    link = pcie_link_from_config(cfg) if cfg and accessible else None
+    if link is None and (cfg is None or len(cfg) < 256 or not accessible):
+        # short (non-root) or dead config: the kernel's attributes (present on PCIe devices only)
+        link = (_speed(read("current_link_speed")), _int_or_none(read("current_link_width")),
+                _speed(read("max_link_speed")), _int_or_none(read("max_link_width")))
+    if link is None:
+        link = (None, None, None, None)
+
+    boot_vga = None
+    if class_code >> 8 == 0x0300:
+        bv = read("boot_vga")
+        boot_vga = None if bv is None else bv == "1"
 
     return PciFunction(
         address=address,
@@ -328,16 +375,16 @@ def read_function(h: HostRoot, address: str) -> PciFunction | None:
         driver_override=override,
         iommu_group=group,
         numa_node=numa,
-        boot_vga=(opt("boot_vga") == "1") if "boot_vga" in names else None,
-        reset_methods=tuple((opt("reset_method") or "").split()),
-        current_link_speed=_speed(opt("current_link_speed")),
-        current_link_width=_int_or_none(opt("current_link_width")),
-        max_link_speed=_speed(opt("max_link_speed")),
-        max_link_width=_int_or_none(opt("max_link_width")),
+        boot_vga=boot_vga,
+        reset_methods=tuple((read("reset_method") or "").split()),
+        current_link_speed=link[0],
+        current_link_width=link[1],
+        max_link_speed=link[2],
+        max_link_width=link[3],
         parent=parent,
         header_type=header_type,
-        sriov_totalvfs=_int_or_none(opt("sriov_totalvfs")),
-        sriov_numvfs=_int_or_none(opt("sriov_numvfs")),
+        sriov_totalvfs=totalvfs,
+        sriov_numvfs=numvfs,
         physfn=physfn,
         vf_index=vf_index,
         vfs=vfs,
@@ -346,6 +393,7 @@ def read_function(h: HostRoot, address: str) -> PciFunction | None:
         mdevs=mdevs,
         nvidia_creatable_vgpu_types=nv_types,
         nvidia_current_vgpu_type=nv_current,
+        accessible=accessible,
     )
 
 
@@ -358,9 +406,23 @@ def _speed(text: str | None) -> str | None:
 def scan_pci(h: HostRoot) -> list[PciFunction]:
     """Every PCI function of the host, sorted by address. Vanished functions are skipped."""
     out = []
-    for address in h.listdir(h.sys + "/bus/pci/devices"):
-        fn = read_function(h, address)
-        if fn is not None:
-            out.append(fn)
-    out.sort(key=lambda f: parse_address(f.address))
+    bus = h.opendir(h.sys + "/bus/pci/devices")
+    if bus is None:
+        return out
+    with bus:
+        for address in os.listdir(bus.fd):
+            fn = read_function(h, address, find_vf_index=False, bus=bus)
+            if fn is not None:
+                out.append(fn)
+    index = {vf: i for f in out for i, vf in enumerate(f.vfs)}
+    for i, fn in enumerate(out):
+        if fn.physfn is not None:
+            if fn.address in index:
+                # still private to this function: set in place rather than copy 2000 VFs with replace()
+                object.__setattr__(fn, "vf_index", index[fn.address])
+            else:  # PF not in this scan (vanished): ask its links directly
+                again = read_function(h, fn.address)
+                out[i] = again if again is not None else fn
+    # kernel addresses are fixed-width lowercase hex except the domain: a longer domain is a larger one
+    out.sort(key=lambda f: (f.address.index(":"), f.address))
     return out

@@ -15,9 +15,117 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-__all__ = ["HostRoot", "ROOT_ENV"]
+__all__ = ["HostRoot", "DirReader", "ROOT_ENV"]
 
 ROOT_ENV = "PASSTHRU_ROOT"
+
+
+def _read_raw(path: str, limit: int) -> bytes | None:
+    """Read a file with plain syscalls (no io buffering objects: discovery reads tens of thousands of sysfs
+    attributes, each at most a page). ``limit`` -1 reads to EOF."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if limit >= 0:
+            return os.read(fd, limit)
+        first = os.read(fd, 65536)
+        if len(first) < 4096:  # a sysfs attribute is at most one page and comes in one read
+            return first
+        chunks = [first]
+        while b := os.read(fd, 65536):
+            chunks.append(b)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class DirReader:
+    """Reads names inside one open directory (``openat``-style): the kernel resolves only the last component,
+    not the whole /sys/bus/pci/devices/<link>/... path again for every attribute. Same forgiving semantics as
+    HostRoot's readers: None / [] for anything missing or unreadable."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str, parent: "DirReader | None" = None) -> None:
+        """Open ``path``; with ``parent``, ``path`` is a name inside that open directory."""
+        self.path = path if parent is None else f"{parent.path}/{path}"
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                          dir_fd=None if parent is None else parent.fd)
+
+    def sub(self, name: str) -> "DirReader | None":
+        """A reader on a subdirectory (symlinks followed), or None when it is missing."""
+        try:
+            return DirReader(name, self)
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "DirReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_bytes(self, name: str, limit: int = 4096) -> bytes | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+        except OSError:
+            return None
+        try:
+            return os.read(fd, limit)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def read(self, name: str) -> str | None:
+        """The stripped text of a one-page attribute."""
+        data = self.read_bytes(name)
+        return None if data is None else data.decode("utf-8", "replace").strip()
+
+    def read_int(self, name: str, base: int = 10) -> int | None:
+        data = self.read_bytes(name)
+        try:
+            return int(data, base) if data else None
+        except ValueError:
+            return None
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` exists (links not followed). No exception on the common "absent" path, so probing
+        optional attributes this way is cheaper than trying to open them."""
+        return os.access(name, os.F_OK, dir_fd=self.fd, follow_symlinks=False)
+
+    def readlink(self, name: str) -> str | None:
+        try:
+            return os.readlink(name, dir_fd=self.fd)
+        except OSError:
+            return None
+
+    def link_name(self, name: str) -> str | None:
+        try:
+            return os.readlink(name, dir_fd=self.fd).rsplit("/", 1)[-1]
+        except OSError:
+            return None
+
+    def listdir(self, name: str) -> list[str]:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        except OSError:
+            return []
+        try:
+            return sorted(os.listdir(fd))
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
 
 
 class HostRoot:
@@ -66,20 +174,12 @@ class HostRoot:
     @staticmethod
     def read(path: str) -> str | None:
         """The stripped text of a file, or None when it is missing or unreadable."""
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError:
-            return None
-        return data.decode("utf-8", "replace").strip()
+        data = _read_raw(path, -1)
+        return None if data is None else data.decode("utf-8", "replace").strip()
 
     @staticmethod
     def read_bytes(path: str, limit: int = -1) -> bytes | None:
-        try:
-            with open(path, "rb") as f:
-                return f.read(limit)
-        except OSError:
-            return None
+        return _read_raw(path, limit)
 
     @classmethod
     def read_int(cls, path: str, base: int = 10) -> int | None:
@@ -132,6 +232,14 @@ class HostRoot:
     @staticmethod
     def isdir(path: str) -> bool:
         return os.path.isdir(path)
+
+    @staticmethod
+    def opendir(path: str) -> DirReader | None:
+        """A :class:`DirReader` on ``path``, or None when it is missing (a device that vanished)."""
+        try:
+            return DirReader(path)
+        except OSError:
+            return None
 
     @staticmethod
     def walk_links(path: str, prefix: str) -> Iterator[tuple[str, str]]:
