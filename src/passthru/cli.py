@@ -304,7 +304,10 @@ def capture(
     from .capture import capture_host
 
     c: _Ctx = ctx.obj
-    stats = capture_host(c.host, output)
+    try:
+        stats = capture_host(c.host, output)
+    except OSError as e:
+        raise UsageError(f"cannot write {output}: {e.strerror}; choose a writable path with -o") from None
     print(f"wrote {output}: {stats.files} files, {stats.links} links, {stats.dirs} directories")
 
 

@@ -7,7 +7,7 @@
 - A GPU's *companion functions* (its HDMI audio, the USB-C/UCSI functions of some cards) are the other non-bridge
   functions in its slot, plus audio functions of the same vendor in its IOMMU group. They carry role "companion"
   and travel with the GPU.
-- Roles: gpu "display" / "companion"; nic and nvme "pf" / "vf" / "plain".
+- Roles: gpu "display" / "companion" ("pf" / "vf" for SR-IOV GPUs); nic and nvme "pf" / "vf" / "plain".
 - USB devices (root hubs excluded; hubs flagged) are kind usb; hardware serial ports are kind serial.
 """
 
@@ -101,7 +101,7 @@ def _classify_pci(functions: list[PciFunction], models: list[DeviceModel]) -> li
         kind = model.kind if model else pci_kind(fn)
         role = None
         if kind == "gpu":
-            role = "display"
+            role = _sriov_role(fn) if fn.physfn or fn.sriov_totalvfs else "display"
         elif kind in ("nic", "nvme") or (fn.physfn or fn.sriov_totalvfs):
             role = _sriov_role(fn)
         dev = Device(bus="pci", id=fn.address, kind=kind, role=role, fact=fn, model=model.name if model else None)

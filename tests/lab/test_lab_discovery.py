@@ -203,3 +203,29 @@ def test_capture_replays_on_the_host(guest, lab_host_cli, tmp_path):
                       for f in sorted(a[k].keys() | b[k].keys()) if a[k].get(f) != b[k].get(f)]
         diffs = diffs or ["the same devices in a different order"]
         pytest.fail("the replayed capture differs from the live guest:\n" + "\n".join(sorted(diffs)[:60]))
+
+
+@in_guest("""
+    passthru devices --json > devices.json
+    for d in /sys/bus/pci/devices/*; do
+        printf '%s|%s|%s|%s|%s|%s|%s\\n' "${d##*/}" "$(cat $d/current_link_speed 2>/dev/null)" \\
+            "$(cat $d/current_link_width 2>/dev/null)" "$(cat $d/max_link_speed 2>/dev/null)" \\
+            "$(cat $d/max_link_width 2>/dev/null)" "$(cat $d/reset_method 2>/dev/null)" "$(cat $d/numa_node)"
+    done > attrs.txt
+""")
+def test_link_reset_and_numa_match_the_kernel_attributes(guest):
+    """passthru takes the PCIe link from config space (one read per function); the kernel's own attribute files
+    must say the same for every function of a real kernel."""
+    pci = _pci(_devices(guest))
+    checked = 0
+    for line in guest.file("attrs.txt").splitlines():
+        addr, cur_s, cur_w, max_s, max_w, reset, numa = line.split("|")
+        d = pci[addr]
+        want_cur = None if not cur_s or cur_s.startswith("Unknown") else cur_s
+        want_max = None if not max_s or max_s.startswith("Unknown") else max_s
+        assert d["link"] == {"current_speed": want_cur, "current_width": int(cur_w) if cur_w else None,
+                             "max_speed": want_max, "max_width": int(max_w) if max_w else None}, addr
+        assert d["reset_methods"] == reset.split(), addr
+        assert d["numa_node"] == int(numa), addr
+        checked += bool(cur_s)
+    assert checked >= 8, "expected PCIe link attributes on the lab's root ports and endpoints"

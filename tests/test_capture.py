@@ -1,0 +1,66 @@
+"""`passthru capture` snapshots what discovery reads; `--root` replays it to the same answers, and nothing private
+or dangerous is taken."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+
+from passthru.capture import capture_host
+from passthru.cli import main as cli_main
+from passthru.host.root import HostRoot
+
+
+def _json(capsys, *argv: str) -> dict:
+    assert cli_main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("fixture", ["gpu_server", "broken_desktop", "bare_host"])
+def test_capture_replays_to_the_same_json(request, capsys, tmp_path, fixture):
+    root = request.getfixturevalue(fixture)
+    (root / "etc/passthru").mkdir(parents=True, exist_ok=True)
+    (root / "etc/passthru/token").write_text("s3cret-token\n")
+    (root / "etc/shadow").write_text("root:$6$hash:19000:0:99999:7:::\n")
+    out = tmp_path / "cap.tar.gz"
+    assert cli_main(["--root", str(root), "capture", "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    replay = tmp_path / "replay"
+    with tarfile.open(out) as t:
+        names = set(t.getnames())
+        t.extractall(replay, filter="tar")
+    for cmd in (["devices", "--json"], ["groups", "--json"], ["usb", "--json"], ["serial", "--json"]):
+        live = _json(capsys, "--root", str(root), *cmd)
+        again = _json(capsys, "--root", str(replay), *cmd)
+        live.pop("root", None), again.pop("root", None)
+        assert again == live, cmd
+    assert "passthru-capture.json" in names and "proc/cmdline" in names
+    assert not any(n.endswith(("etc/passthru/token", "etc/shadow")) for n in names)
+    assert not any(n.rsplit("/", 1)[-1].startswith("resource") and n[-1].isdigit() for n in names)
+    assert not any(n.endswith(("/rom", "/remove", "/unbind", "/bind")) for n in names)
+
+
+def test_capture_keeps_symlinks_as_links(tmp_path, gpu_server):
+    out = tmp_path / "c.tar.gz"
+    stats = capture_host(HostRoot(gpu_server), str(out))
+    assert stats.links > 100 and stats.files > 500
+    with tarfile.open(out) as t:
+        m = t.getmember("sys/bus/pci/devices/0000:3b:00.2/physfn"
+                        if "sys/bus/pci/devices/0000:3b:00.2/physfn" in t.getnames() else
+                        next(n for n in t.getnames() if n.endswith("0000:3b:00.2/physfn")))
+        assert m.issym() and m.linkname == "../0000:3b:00.0"
+
+
+def test_failed_capture_leaves_no_file(tmp_path, gpu_server):
+    out = tmp_path / "missing-dir" / "c.tar.gz"
+    with pytest.raises(OSError):
+        capture_host(HostRoot(gpu_server), str(out))
+    assert not out.exists() and not (tmp_path / "missing-dir" / "c.tar.gz.part").exists()
+
+
+def test_capture_to_an_unwritable_place_is_one_line_exit_2(capsys, tmp_path, gpu_server):
+    rc = cli_main(["--root", str(gpu_server), "capture", "-o", str(tmp_path / "no" / "c.tar.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("passthru: cannot write") and err.count("\n") == 1
