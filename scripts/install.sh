@@ -13,7 +13,7 @@ SUDO=""
 
 pkgs=(python3 python3-venv python3-pip hwdata pciutils usbutils)
 if [ "$want_test" = 1 ]; then
-    pkgs+=(qemu-system-x86 busybox-static kmod cpio e2fsprogs)
+    pkgs+=(qemu-system-x86 busybox-static kmod e2fsprogs util-linux)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

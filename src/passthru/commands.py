@@ -11,9 +11,12 @@ including every error and ``--help``, goes to Typer unchanged.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs start-up time on every CLI call
+    from typing import Any
+
 import json
 import sys
-from typing import Any
 
 from .errors import PassthruError, UsageError
 

@@ -6,7 +6,10 @@ Every document is an object with ``"schema": 1``. IDs are lowercase hex strings 
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs start-up time on every CLI call
+    from typing import Any
+
 
 from .discovery import Device, Inventory
 from .host.ids import IdsDb, pci_ids, usb_ids
@@ -33,6 +36,20 @@ class Namer:
         self._h = h
         self._pci: IdsDb | None = None
         self._usb: IdsDb | None = None
+        self._pci_names: dict[tuple, tuple] = {}
+
+    def pci_names(self, fn: PciFunction) -> tuple[str | None, str | None, str | None, str | None]:
+        """(vendor, device, subsystem, class) names; hosts repeat a few IDs thousands of times, so cached."""
+        key = (fn.vendor_id, fn.device_id, fn.subsystem_vendor_id, fn.subsystem_device_id, fn.class_code)
+        names = self._pci_names.get(key)
+        if names is None:
+            db = self.pci
+            sub = None
+            if fn.subsystem_vendor_id is not None and fn.subsystem_device_id is not None:
+                sub = db.subsystem(fn.vendor_id, fn.device_id, fn.subsystem_vendor_id, fn.subsystem_device_id)
+            names = self._pci_names[key] = (db.vendor(fn.vendor_id), db.device(fn.vendor_id, fn.device_id), sub,
+                                            db.pci_class(fn.class_code))
+        return names
 
     @property
     def pci(self) -> IdsDb:
@@ -58,12 +75,7 @@ def iommu_json(state: IommuState) -> dict[str, Any]:
 
 
 def pci_json(fn: PciFunction, names: Namer) -> dict[str, Any]:
-    db = names.pci
-    vendor_name = db.vendor(fn.vendor_id)
-    device_name = db.device(fn.vendor_id, fn.device_id)
-    sub_name = None
-    if fn.subsystem_vendor_id is not None and fn.subsystem_device_id is not None:
-        sub_name = db.subsystem(fn.vendor_id, fn.device_id, fn.subsystem_vendor_id, fn.subsystem_device_id)
+    vendor_name, device_name, sub_name, class_name = names.pci_names(fn)
     return {
         "address": fn.address,
         "vendor": _h4(fn.vendor_id),
@@ -75,7 +87,7 @@ def pci_json(fn: PciFunction, names: Namer) -> dict[str, Any]:
         "vendor_name": vendor_name,
         "device_name": device_name,
         "subsystem_name": sub_name,
-        "class_name": db.pci_class(fn.class_code),
+        "class_name": class_name,
         "name": device_name or f"Device {fn.vendor_id:04x}:{fn.device_id:04x}",
         "driver": fn.driver,
         "driver_override": fn.driver_override,

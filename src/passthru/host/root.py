@@ -12,8 +12,11 @@ files and pathlib's object churn is measurable there.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing typing costs start-up time on every CLI call
+    from typing import Iterator
+
 import os
-from typing import Iterator
 
 __all__ = ["HostRoot", "DirReader", "ROOT_ENV"]
 
