@@ -1,5 +1,6 @@
-"""Every command a user page shows (```console blocks, lines starting with `$ `) runs and succeeds against a
-realistic host (the gpu_server fixture), so the docs cannot drift from the tool."""
+"""Every command a user page shows (```console blocks, lines starting with `$ `) runs against a realistic host (the
+gpu_server fixture) and exits 0 — or with the status the page states in a trailing `# exit N` — so the docs
+cannot drift from the tool."""
 
 from __future__ import annotations
 
@@ -25,16 +26,20 @@ PAGES = sorted(p for p in DOCS.glob("*.md") if doc_commands(p))
 
 
 def test_pages_with_commands_exist():
-    assert {p.name for p in PAGES} >= {"discovery.md", "capture.md"}
+    assert {p.name for p in PAGES} >= {"discovery.md", "capture.md", "doctor.md"}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_commands_run(page, gpu_server, tmp_path):
     env = dict(os.environ, PASSTHRU_ROOT=str(gpu_server))
     for cmd in doc_commands(page):
-        argv = shlex.split(cmd)
+        want = 0
+        m = re.search(r"\s+#\s*exit\s+(\d+)\s*$", cmd)
+        if m:
+            cmd, want = cmd[: m.start()], int(m.group(1))
+        argv = shlex.split(cmd, comments=True)
         if argv[0] == "passthru":
             argv = [sys.executable, "-m", "passthru", *argv[1:]]
         p = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, f"{page.name}: `{cmd}` exited {p.returncode}: {p.stderr.strip()}"
+        assert p.returncode == want, f"{page.name}: `{cmd}` exited {p.returncode}, not {want}: {p.stderr.strip()}"
         assert "Traceback" not in p.stderr, cmd

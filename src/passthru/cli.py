@@ -291,6 +291,40 @@ def show(
 
 
 @app.command()
+def doctor(
+    ctx: typer.Context,
+    idents: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[DEVICE]...", help="Also check these devices: PCI address, USB port path or serial port.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document (docs/json.md).")] = False,
+) -> None:
+    """Check the host (and devices) for passthrough; every problem comes with its fix. Exit 1 if a check fails.
+
+    Examples: `passthru doctor`, `passthru doctor 0000:42:00.0 --json`.
+    """
+    from .doctor import FAIL, PASS, SKIP, WARN, run_doctor
+    from .lookup import resolve_device
+
+    c: _Ctx = ctx.obj
+    inv = c.inventory()
+    selected = [resolve_device(inv, i) for i in idents or []]
+    report = run_doctor(c.host, selected, inv)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        con = _console()
+        style = {PASS: "green", WARN: "yellow", FAIL: "red", SKIP: "dim"}
+        for f in report.findings:
+            mark = {PASS: "ok  ", WARN: "warn", FAIL: "FAIL", SKIP: "skip"}[f.status]
+            con.print(f"[{style[f.status]}]{mark}[/{style[f.status]}] {f.title}: {f.evidence}", markup=True)
+            if f.fix and f.status != PASS:
+                con.print(f"       fix: {f.fix}", markup=False)
+        s = report.summary()
+        con.print(f"{s[PASS]} passed, {s[WARN]} warnings, {s[FAIL]} failed, {s[SKIP]} skipped")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def capture(
     ctx: typer.Context,
     output: Annotated[str, typer.Option("--output", "-o", metavar="FILE.tar.gz",
@@ -313,7 +347,7 @@ def capture(
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except PassthruError as e:
         print(f"passthru: {e}", file=sys.stderr)
         return e.exit_code
@@ -327,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 0
-    return 0
+    return rc if isinstance(rc, int) else 0  # typer.Exit(n) comes back as the return value
 
 
 def _click_exception() -> type[Exception]:

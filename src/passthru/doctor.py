@@ -1,0 +1,320 @@
+"""``passthru doctor``: the seed's FAQ and host preparation as checks that say exactly what is wrong and the fix.
+
+Each check yields a :class:`Finding` with an id, a status (pass / warn / fail / skip), the evidence it saw and a
+concrete fix. Read-only: doctor never changes the host. ``passthru prepare`` applies what software can fix.
+
+Host checks: CPU virtualization and vendor; IOMMU in firmware (ACPI DMAR/IVRS, kernel log); IOMMU active (units and
+groups); kernel arguments for this vendor in /proc/cmdline; interrupt remapping (and whether
+allow_unsafe_interrupts is needed or only weakens isolation); vfio modules loaded and configured for boot
+(vfio_virqfd only before 6.2); hugepages; locked-memory limit; host graphics drivers. Device checks, for each
+DEVICE given: present, bound driver, IOMMU group viability with the offending mates named, boot VGA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .discovery import Device, Inventory, discover
+from .host.cpu import CpuInfo, read_cpu
+from .host.iommu import group_verdict, is_vfio_driver
+from .host.kernel import (KernelInfo, boot_modules, cmdline_value, grep_log, kernel_log, loaded_modules,
+                          read_cmdline, read_kernel)
+from .host.memory import read_hugepages, read_memlock, read_memtotal_kib
+from .host.root import HostRoot
+
+__all__ = ["Finding", "Report", "run_doctor", "PASS", "WARN", "FAIL", "SKIP", "VFIO_MODULES"]
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci")
+HOST_GPU_DRIVERS = frozenset({"nouveau", "nvidia", "amdgpu", "radeon", "i915", "xe", "snd_hda_intel"})
+UNSAFE_IRQ = "vfio_iommu_type1.allow_unsafe_interrupts"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    id: str
+    title: str
+    status: str
+    evidence: str
+    fix: str | None = None
+    device: str | None = None
+
+
+@dataclass(slots=True)
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, *a: object, **kw: object) -> Finding:
+        f = Finding(*a, **kw)  # type: ignore[arg-type]
+        self.findings.append(f)
+        return f
+
+    @property
+    def failed(self) -> bool:
+        return any(f.status == FAIL for f in self.findings)
+
+    def summary(self) -> dict[str, int]:
+        out = {PASS: 0, WARN: 0, FAIL: 0, SKIP: 0}
+        for f in self.findings:
+            out[f.status] += 1
+        return out
+
+    def to_json(self) -> dict:
+        return {"schema": 1, "ok": not self.failed, "summary": self.summary(),
+                "checks": [asdict(f) for f in self.findings]}
+
+
+@dataclass(slots=True)
+class _Facts:
+    h: HostRoot
+    cpu: CpuInfo
+    kernel: KernelInfo
+    cmdline: list[str]
+    log: list[str] | None
+    modules: set[str]
+    inv: Inventory
+
+
+def _vendor_args(vendor: str | None) -> list[str]:
+    if vendor == "intel":
+        return ["intel_iommu=on", "iommu=pt"]
+    if vendor == "amd":
+        return ["iommu=pt"]
+    return []
+
+
+def _check_cpu(r: Report, f: _Facts) -> None:
+    c = f.cpu
+    label = {"intel": "Intel", "amd": "AMD"}.get(c.vendor or "", c.vendor_id or "unknown")
+    r.add("cpu.vendor", "CPU vendor", PASS if c.vendor in ("intel", "amd") else WARN,
+          f"{label} ({c.model_name or 'model unknown'}, {c.cpus} CPUs)",
+          None if c.vendor in ("intel", "amd") else "passthru knows the kernel arguments for Intel and AMD only")
+    if c.virtualization:
+        r.add("cpu.virtualization", "Hardware virtualization", PASS,
+              f"{c.virtualization} flag present ({'VT-x' if c.virtualization == 'vmx' else 'AMD-V'})")
+    else:
+        hint = (" This host is itself a VM: enable nested virtualization on its hypervisor."
+                if c.hypervisor else "")
+        r.add("cpu.virtualization", "Hardware virtualization", FAIL,
+              "no vmx/svm flag in /proc/cpuinfo",
+              f"enable {'AMD-V (SVM)' if c.vendor == 'amd' else 'Intel VT-x' if c.vendor == 'intel' else 'VT-x/AMD-V'}"
+              f" in the BIOS/UEFI setup.{hint}")
+
+
+def _check_iommu(r: Report, f: _Facts) -> None:
+    h = f.h
+    tables = [t for t in ("DMAR", "IVRS") if h.exists(f"{h.sys}/firmware/acpi/tables/{t}")]
+    log_lines = grep_log(f.log, r"^(DMAR|AMD-Vi|DMAR-IR):")
+    firmware_setting = "Intel VT-d" if f.cpu.vendor == "intel" else "AMD IOMMU / AMD-Vi" if f.cpu.vendor == "amd" \
+        else "VT-d / AMD-Vi"
+    if tables or log_lines:
+        ev = []
+        if tables:
+            ev.append("ACPI table " + "/".join(tables))
+        if log_lines:
+            ev.append(f"kernel log: {log_lines[0]}")
+        r.add("iommu.firmware", "IOMMU in firmware", PASS, "; ".join(ev))
+    elif f.log is None and not h.exists(f"{h.sys}/firmware/acpi/tables"):
+        r.add("iommu.firmware", "IOMMU in firmware", SKIP,
+              "neither ACPI tables nor the kernel log are readable here", "run `passthru doctor` as root")
+    else:
+        r.add("iommu.firmware", "IOMMU in firmware", FAIL,
+              "no ACPI DMAR/IVRS table and no DMAR:/AMD-Vi: lines in the kernel log",
+              f"enable {firmware_setting} in the BIOS/UEFI setup, then reboot")
+    st = f.inv.iommu
+    if st.enabled:
+        r.add("iommu.active", "IOMMU active", PASS, st.message)
+    else:
+        r.add("iommu.active", "IOMMU active", FAIL, st.message,
+              "add the IOMMU kernel arguments with `passthru prepare --apply` and reboot"
+              + ("" if tables or log_lines else "; the firmware setting must be on too"))
+
+
+def _check_cmdline(r: Report, f: _Facts) -> None:
+    want = _vendor_args(f.cpu.vendor)
+    if not want:
+        r.add("kernel.cmdline", "IOMMU kernel arguments", SKIP, "CPU vendor unknown: no arguments to check")
+        return
+    missing = [a for a in want if cmdline_value(f.cmdline, a.split("=", 1)[0]) != a.split("=", 1)[1]]
+    shown = " ".join(a for a in f.cmdline if a.split("=", 1)[0] in {w.split("=", 1)[0] for w in want}) or "none"
+    if missing:
+        r.add("kernel.cmdline", "IOMMU kernel arguments", FAIL,
+              f"/proc/cmdline lacks {' '.join(missing)} (has: {shown})",
+              "run `passthru prepare --apply` (adds them to the boot loader config) and reboot")
+    else:
+        r.add("kernel.cmdline", "IOMMU kernel arguments", PASS, f"/proc/cmdline has {' '.join(want)}")
+
+
+def _check_irq_remapping(r: Report, f: _Facts) -> None:
+    if not f.inv.iommu.enabled:
+        r.add("iommu.irq_remapping", "Interrupt remapping", SKIP, "IOMMU not active")
+        return
+    unsafe_arg = cmdline_value(f.cmdline, UNSAFE_IRQ) in ("1", "Y", "y")
+    unsafe_param = (f.h.read(f"{f.h.sys}/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts") or "") in (
+        "Y", "1")
+    unsafe = unsafe_arg or unsafe_param
+    on = grep_log(f.log, r"DMAR-IR: Enabled IRQ remapping|AMD-Vi: Interrupt remapping enabled")
+    off = grep_log(f.log, r"DMAR-IR: .*(disabled|Failed)|Not enabling interrupt remapping|"
+                          r"AMD-Vi: Interrupt remapping .*disabled|IRQ remapping was enabled.*disabled")
+    if on and not off:
+        if unsafe:
+            r.add("iommu.irq_remapping", "Interrupt remapping", WARN,
+                  f"{on[0]}; but {UNSAFE_IRQ}=1 is set",
+                  f"remove {UNSAFE_IRQ}=1: interrupt remapping is on, so it is not needed and only weakens "
+                  "isolation between VMs and the host (`passthru prepare --apply` leaves it out)")
+        else:
+            r.add("iommu.irq_remapping", "Interrupt remapping", PASS,
+                  f"{on[0]}; {UNSAFE_IRQ} is not needed")
+        return
+    if f.log is None:
+        r.add("iommu.irq_remapping", "Interrupt remapping", SKIP, "kernel log not readable",
+              "run `passthru doctor` as root (or set kernel.dmesg_restrict=0)")
+        return
+    if unsafe:
+        r.add("iommu.irq_remapping", "Interrupt remapping", WARN,
+              f"no interrupt remapping; {UNSAFE_IRQ}=1 is set, so vfio works with weaker isolation",
+              "enable interrupt remapping (x2APIC / IOMMU options) in the firmware if it offers it")
+    else:
+        r.add("iommu.irq_remapping", "Interrupt remapping", FAIL,
+              "no interrupt remapping in the kernel log" + (f" ({off[0]})" if off else ""),
+              f"vfio refuses devices without it: add {UNSAFE_IRQ}=1 "
+              "(`passthru prepare --unsafe-interrupts --apply`) and reboot, or enable it in the firmware")
+
+
+def _check_modules(r: Report, f: _Facts) -> None:
+    missing = [m for m in VFIO_MODULES if m not in f.modules]
+    if missing:
+        r.add("vfio.loaded", "vfio modules loaded", FAIL, f"not loaded: {', '.join(missing)}",
+              "`modprobe vfio-pci` now; `passthru prepare --apply` makes them load at boot")
+    else:
+        r.add("vfio.loaded", "vfio modules loaded", PASS, ", ".join(VFIO_MODULES))
+    configured = boot_modules(f.h)
+    ver = f.kernel.version
+    need = list(VFIO_MODULES)
+    old_kernel = ver is not None and ver < (6, 2)
+    if old_kernel:
+        need.append("vfio_virqfd")
+    absent = [m for m in need if m not in configured]
+    if absent:
+        r.add("vfio.boot", "vfio modules load at boot", FAIL,
+              f"not in modules-load.d: {', '.join(absent)}" + (" (vfio_virqfd is a separate module before 6.2)"
+                                                               if "vfio_virqfd" in absent else ""),
+              "run `passthru prepare --apply` (writes /etc/modules-load.d/vfio.conf)")
+    elif not old_kernel and "vfio_virqfd" in configured and ver is not None:
+        r.add("vfio.boot", "vfio modules load at boot", WARN,
+              f"vfio_virqfd is listed in {configured['vfio_virqfd']} but kernel {f.kernel.release} merged it into "
+              "vfio (6.2+): the load fails at every boot",
+              f"remove vfio_virqfd from {configured['vfio_virqfd']} (`passthru prepare --apply` does)")
+    else:
+        srcs = sorted({configured[m] for m in need})
+        r.add("vfio.boot", "vfio modules load at boot", PASS, f"{', '.join(need)} in {', '.join(srcs)}")
+
+
+def _check_hugepages(r: Report, f: _Facts) -> None:
+    pools = read_hugepages(f.h)
+    system = [p for p in pools if p.node is None]
+    configured = [p for p in system if p.total]
+    if not system:
+        r.add("memory.hugepages", "Hugepages", SKIP, "no hugepage support visible (/sys/kernel/mm/hugepages)")
+        return
+    per_node = [p for p in pools if p.node is not None and p.total]
+    if configured:
+        ev = ", ".join(f"{p.size_label}: {p.free}/{p.total} free" for p in configured)
+        if per_node:
+            ev += "; per node: " + ", ".join(f"node{p.node} {p.size_label} {p.free}/{p.total}" for p in per_node)
+        r.add("memory.hugepages", "Hugepages", PASS, ev)
+    else:
+        r.add("memory.hugepages", "Hugepages", WARN,
+              "no hugepages configured (" + ", ".join(p.size_label for p in system) + " supported)",
+              "optional, recommended for VM memory: `passthru prepare --hugepages 1G:COUNT --apply` and reboot")
+
+
+def _check_memlock(r: Report, f: _Facts) -> None:
+    lim = read_memlock(f.h)
+    if lim is None:
+        r.add("memory.memlock", "Locked-memory limit", SKIP, "no /proc/self/limits")
+        return
+    total = read_memtotal_kib(f.h)
+    if lim.soft is None:
+        r.add("memory.memlock", "Locked-memory limit", PASS, f"unlimited ({lim.source})")
+        return
+    mib = lim.soft // (1 << 20)
+    ev = f"RLIMIT_MEMLOCK {mib} MiB for processes started like this one ({lim.source})"
+    if total is not None and lim.soft >= total * 1024:
+        r.add("memory.memlock", "Locked-memory limit", PASS, ev)
+    else:
+        r.add("memory.memlock", "Locked-memory limit", WARN, ev + ": a VM with passthrough pins all its RAM",
+              "libvirt raises it for its guests; for QEMU started by hand or by a service use `ulimit -l "
+              "unlimited` / LimitMEMLOCK=infinity, or `memlock` in /etc/security/limits.d for the QEMU user")
+
+
+def _check_host_gpu_drivers(r: Report, f: _Facts, selected: list[Device]) -> None:
+    gpus = [d for d in selected if d.kind == "gpu"] if selected else []
+    fighting = [d for d in gpus if d.fact.driver in HOST_GPU_DRIVERS]
+    if fighting:
+        names = ", ".join(f"{d.id} ({d.fact.driver})" for d in fighting)
+        r.add("gpu.host_drivers", "Host graphics drivers", WARN, f"host drivers hold selected GPUs: {names}",
+              "take them over with `passthru bind ADDRESS --group`; to keep nouveau off at boot use "
+              "`passthru prepare --gpu --apply` (rdblacklist=nouveau nouveau.modeset=0)")
+    elif "nouveau" in f.modules and any(d.kind == "gpu" and d.fact.vendor_id == 0x10DE for d in f.inv.devices):
+        r.add("gpu.host_drivers", "Host graphics drivers", WARN, "nouveau is loaded on a host with NVIDIA GPUs",
+              "`passthru prepare --gpu --apply` keeps it off at boot (rdblacklist=nouveau nouveau.modeset=0)")
+    else:
+        r.add("gpu.host_drivers", "Host graphics drivers", PASS,
+              "no host graphics driver holds a selected GPU" if selected else "no GPU selected or nouveau loaded")
+
+
+def _check_device(r: Report, f: _Facts, dev: Device) -> None:
+    if dev.bus != "pci":
+        r.add("device.present", "Device present", PASS, f"{dev.id} ({dev.kind})", device=dev.id)
+        return
+    fn = dev.fact
+    r.add("device.present", "Device present", PASS,
+          f"{dev.id} {fn.ids} ({dev.kind}{', ' + dev.role if dev.role else ''})", device=dev.id)
+    if fn.boot_vga:
+        r.add("device.boot_vga", "Not the boot VGA", FAIL,
+              f"{dev.id} is the GPU the firmware and console use (boot_vga=1)",
+              "pass through another GPU, or move the console to another GPU / the BMC in the firmware setup",
+              device=dev.id)
+    if is_vfio_driver(fn.driver):
+        r.add("device.driver", "Bound to vfio-pci", PASS, f"{dev.id} driver {fn.driver}", device=dev.id)
+    else:
+        r.add("device.driver", "Bound to vfio-pci", WARN,
+              f"{dev.id} driver {fn.driver or 'none'}", f"`passthru bind {dev.id} --group`", device=dev.id)
+    if fn.iommu_group is None:
+        r.add("device.group", "IOMMU group viable", FAIL, f"{dev.id} has no IOMMU group ({f.inv.iommu.message})",
+              "enable the IOMMU first (see iommu.* checks)", device=dev.id)
+        return
+    mates = f.inv.group_mates(dev.id)
+    viable, blockers, reason = group_verdict([fn, *mates])
+    if viable:
+        r.add("device.group", "IOMMU group viable", PASS, f"group {fn.iommu_group}: {reason}", device=dev.id)
+        return
+    others = [b for b in blockers if b != dev.id]
+    companions = set(dev.companions)
+    strangers = [b for b in others if b not in companions]
+    status = WARN if not strangers else FAIL
+    fix = (f"`passthru bind {dev.id} --group` moves the whole group ({', '.join(others or [dev.id])}) to vfio-pci"
+           if not strangers else
+           f"group {fn.iommu_group} also holds {', '.join(strangers)} which the host uses: bind them too "
+           "(`--group`) if the host can spare them, or move the card to a slot with its own group (ACS)")
+    r.add("device.group", "IOMMU group viable", status, f"group {fn.iommu_group}: {reason}", fix, device=dev.id)
+
+
+def run_doctor(h: HostRoot, devices: list[Device] | None = None, inv: Inventory | None = None) -> Report:
+    """All host checks, then device checks for ``devices`` (already resolved from what the operator typed)."""
+    inv = inv or discover(h)
+    facts = _Facts(h=h, cpu=read_cpu(h), kernel=read_kernel(h), cmdline=read_cmdline(h), log=kernel_log(h),
+                   modules=loaded_modules(h), inv=inv)
+    r = Report()
+    _check_cpu(r, facts)
+    _check_iommu(r, facts)
+    _check_cmdline(r, facts)
+    _check_irq_remapping(r, facts)
+    _check_modules(r, facts)
+    _check_hugepages(r, facts)
+    _check_memlock(r, facts)
+    _check_host_gpu_drivers(r, facts, devices or [])
+    for dev in devices or []:
+        _check_device(r, facts, dev)
+    return r

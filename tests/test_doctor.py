@@ -1,0 +1,169 @@
+"""`passthru doctor`: each check's verdict and fix on realistic hosts, and the exit status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import sysfs_fixtures as fx
+from passthru.cli import main as cli_main
+from passthru.discovery import discover
+from passthru.doctor import FAIL, PASS, SKIP, WARN, run_doctor
+from passthru.host.root import HostRoot
+from passthru.lookup import resolve_device
+
+INTEL_LOG = ["DMAR: IOMMU enabled", "DMAR: Host address width 46",
+             "DMAR-IR: Enabled IRQ remapping in x2apic mode", "pci 0000:00:00.0: Adding to iommu group 0"]
+AMD_LOG = ["AMD-Vi: Interrupt remapping enabled", "AMD-Vi: Virtual APIC enabled",
+           "pci 0000:00:00.2: AMD-Vi: Found IOMMU cap 0x40"]
+
+
+def put(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        p = root / rel.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+
+def checks(root: Path, *devices: str) -> dict[str, object]:
+    h = HostRoot(root)
+    inv = discover(h)
+    rep = run_doctor(h, [resolve_device(inv, d) for d in devices], inv)
+    out: dict[str, object] = {}
+    for f in rep.findings:
+        out[f.id if f.device is None else f"{f.id}@{f.device}"] = f
+    return out
+
+
+def prepared(b, log=INTEL_LOG, kernel="6.8.0-45-generic", conf="vfio\nvfio_iommu_type1\nvfio_pci\n") -> Path:
+    b.modules("vfio", "vfio_iommu_type1", "vfio_pci")
+    b.build()
+    root = Path(b.root)
+    put(root, {"dev/kmsg": "\n".join(log) + "\n", "proc/sys/kernel/osrelease": kernel + "\n",
+               "etc/modules-load.d/vfio.conf": conf})
+    return root
+
+
+def test_bad_host_fails_with_the_fixes(tmp_path, capsys):
+    root = Path(fx.bare_host(tmp_path / "b"))
+    c = checks(root)
+    for cid in ("iommu.firmware", "iommu.active", "kernel.cmdline", "vfio.loaded", "vfio.boot"):
+        assert c[cid].status == FAIL, cid
+    assert "VT-d" in c["iommu.firmware"].fix and "prepare --apply" in c["kernel.cmdline"].fix
+    assert "intel_iommu=on" in c["kernel.cmdline"].evidence
+    assert "modprobe vfio-pci" in c["vfio.loaded"].fix
+    assert c["iommu.irq_remapping"].status == SKIP
+    assert cli_main(["--root", str(root), "doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL IOMMU active" in out and "fix: " in out
+    assert cli_main(["--root", str(root), "doctor", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and doc["summary"]["fail"] >= 5
+
+
+def test_prepared_intel_host_passes(tmp_path, capsys):
+    root = prepared(fx.make_gpu_server(tmp_path / "s"))
+    c = checks(root)
+    for cid in ("cpu.vendor", "cpu.virtualization", "iommu.firmware", "iommu.active", "kernel.cmdline",
+                "iommu.irq_remapping", "vfio.loaded", "vfio.boot"):
+        assert c[cid].status == PASS, (cid, c[cid])
+    assert "not needed" in c["iommu.irq_remapping"].evidence
+    assert "DMAR" in c["iommu.firmware"].evidence
+    assert cli_main(["--root", str(root), "doctor"]) == 0
+    capsys.readouterr()
+
+
+def test_amd_vendor_arguments(tmp_path):
+    b = fx.make_broken_desktop(tmp_path / "d")
+    root = prepared(b, log=AMD_LOG)
+    c = checks(root)
+    assert c["cpu.vendor"].evidence.startswith("AMD") and c["cpu.virtualization"].evidence.startswith("svm")
+    assert c["kernel.cmdline"].status == PASS and "iommu=pt" in c["kernel.cmdline"].evidence
+    assert c["iommu.irq_remapping"].status == PASS
+
+
+def test_vmx_missing_in_a_guest(tmp_path):
+    b = fx.make_bare_host(tmp_path / "b")
+    b.proc(cpu_flags="fpu vme de pse tsc msr pae hypervisor lm")
+    b.build()
+    f = checks(Path(b.root))["cpu.virtualization"]
+    assert f.status == FAIL and "nested virtualization" in f.fix and "Intel VT-x" in f.fix
+
+
+@pytest.mark.parametrize("log, unsafe, status, words", [
+    (["DMAR: IOMMU enabled", "DMAR-IR: Enabled IRQ remapping in x2apic mode"], True, WARN, "only weakens"),
+    (["DMAR: IOMMU enabled"], False, FAIL, "allow_unsafe_interrupts=1"),
+    (["DMAR: IOMMU enabled"], True, WARN, "weaker isolation"),
+    (["DMAR: IOMMU enabled", "DMAR-IR: IRQ remapping was enabled on dmar0 but we are not in kdump mode",
+      "DMAR-IR: Failed to enable irq remapping"], False, FAIL, "allow_unsafe_interrupts=1"),
+])
+def test_interrupt_remapping(tmp_path, log, unsafe, status, words):
+    b = fx.make_gpu_server(tmp_path / "s")
+    if unsafe:
+        b.proc("BOOT_IMAGE=/vmlinuz intel_iommu=on iommu=pt vfio_iommu_type1.allow_unsafe_interrupts=1")
+    f = checks(prepared(b, log=log))["iommu.irq_remapping"]
+    assert f.status == status and words in (f.fix or "") + f.evidence
+
+
+def test_unreadable_kernel_log_is_a_skip_not_a_guess(tmp_path):
+    root = prepared(fx.make_gpu_server(tmp_path / "s"))
+    (root / "dev/kmsg").unlink()
+    f = checks(root)["iommu.irq_remapping"]
+    assert f.status == SKIP and "as root" in f.fix
+
+
+@pytest.mark.parametrize("kernel, conf, status, words", [
+    ("6.1.0-26-amd64", "vfio\nvfio_iommu_type1\nvfio_pci\n", FAIL, "vfio_virqfd"),
+    ("6.1.0-26-amd64", "vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n", PASS, "vfio_virqfd"),
+    ("6.8.0-45-generic", "vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\n", WARN, "merged"),
+    ("6.8.0-45-generic", "# comment\nvfio  # inline\nvfio_iommu_type1\nvfio-pci\n", PASS, "vfio_pci"),
+])
+def test_vfio_modules_at_boot_by_kernel_version(tmp_path, kernel, conf, status, words):
+    f = checks(prepared(fx.make_gpu_server(tmp_path / "s"), kernel=kernel, conf=conf))["vfio.boot"]
+    assert f.status == status and words in f.evidence
+
+
+def test_hugepages_and_memlock(tmp_path):
+    root = prepared(fx.make_gpu_server(tmp_path / "s"))
+    c = checks(root)
+    assert c["memory.hugepages"].status in (WARN, SKIP) and c["memory.memlock"].status == SKIP
+    hp = {"sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages": "16\n",
+          "sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages": "12\n",
+          "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages": "0\n",
+          "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages": "0\n"}
+    for n, (tot, free) in enumerate(((8, 4), (8, 8))):
+        base = f"sys/devices/system/node/node{n}/hugepages/hugepages-1048576kB"
+        hp[f"{base}/nr_hugepages"], hp[f"{base}/free_hugepages"] = f"{tot}\n", f"{free}\n"
+    hp["proc/self/limits"] = ("Limit                     Soft Limit           Hard Limit           Units\n"
+                              "Max locked memory         8388608              8388608              bytes\n")
+    hp["proc/meminfo"] = "MemTotal:       263878124 kB\n"
+    put(root, hp)
+    c = checks(root)
+    assert c["memory.hugepages"].status == PASS
+    assert c["memory.hugepages"].evidence == "1G: 12/16 free; per node: node0 1G 4/8, node1 1G 8/8"
+    assert c["memory.memlock"].status == WARN and "8 MiB" in c["memory.memlock"].evidence
+    put(root, {"proc/self/limits": "Max locked memory         unlimited            unlimited            bytes\n"})
+    assert checks(root)["memory.memlock"].status == PASS
+
+
+def test_device_checks(tmp_path):
+    root = prepared(fx.make_gpu_server(tmp_path / "s"))
+    c = checks(root, "19:00.0", "18:00.0", "02:00.0")
+    assert c["device.driver@0000:19:00.0"].status == PASS and c["device.group@0000:19:00.0"].status == PASS
+    # 18:00.0 is on nvidia, its audio on snd_hda_intel: only its own companion blocks the group -> warn, --group
+    assert c["device.driver@0000:18:00.0"].status == WARN
+    g = c["device.group@0000:18:00.0"]
+    assert g.status == WARN and "--group" in g.fix and "0000:18:00.1" in g.fix
+    assert c["gpu.host_drivers"].status == WARN and "0000:18:00.0 (nvidia)" in c["gpu.host_drivers"].evidence
+    assert c["device.boot_vga@0000:02:00.0"].status == FAIL
+
+
+def test_device_in_a_shared_group_names_the_strangers(tmp_path, capsys):
+    root = prepared(fx.make_broken_desktop(tmp_path / "d"), log=AMD_LOG)
+    g = checks(root, "0000:03:00.0")["device.group@0000:03:00.0"]
+    assert g.status == FAIL and "0000:05:00.0" in g.fix and "0000:04:00.0" in g.fix
+    assert "0000:03:00.1" not in g.fix.split("also holds")[1].split("which")[0], "the audio companion is no stranger"
+    assert cli_main(["--root", str(root), "doctor", "9-9"]) == 2
+    assert "no USB device" in capsys.readouterr().err
