@@ -64,3 +64,20 @@ def test_capture_to_an_unwritable_place_is_one_line_exit_2(capsys, tmp_path, gpu
     rc = cli_main(["--root", str(gpu_server), "capture", "-o", str(tmp_path / "no" / "c.tar.gz")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("passthru: cannot write") and err.count("\n") == 1
+
+
+def test_capture_keeps_only_iommu_lines_of_the_kernel_log(tmp_path, capsys, gpu_server):
+    (gpu_server / "dev").mkdir(exist_ok=True)
+    (gpu_server / "dev/kmsg").write_text("6,1,1,-;Linux version 6.8.0\n6,2,2,-;DMAR: IOMMU enabled\n"
+                                         "6,3,3,-;DMAR-IR: Enabled IRQ remapping in x2apic mode\n"
+                                         "6,4,4,-;usb 1-1: secret-ish line\n")
+    out = tmp_path / "c.tar.gz"
+    capture_host(HostRoot(gpu_server), str(out))
+    with tarfile.open(out) as t:
+        kmsg = t.extractfile("dev/kmsg").read().decode()
+        t.extractall(tmp_path / "r", filter="tar")
+    assert kmsg == "DMAR: IOMMU enabled\nDMAR-IR: Enabled IRQ remapping in x2apic mode\n"
+    assert cli_main(["--root", str(tmp_path / "r"), "doctor", "--json"]) in (0, 1)
+    doc = json.loads(capsys.readouterr().out)
+    irq = next(c for c in doc["checks"] if c["id"] == "iommu.irq_remapping")
+    assert irq["status"] == "pass" and "DMAR-IR" in irq["evidence"]

@@ -232,6 +232,27 @@ def _tty_class(w: _Writer) -> None:
             w.walk(f"{base}/{name}")
 
 
+KMSG_KEEP = re.compile(r"DMAR|AMD-Vi|IOMMU|iommu|vfio|VFIO|remapping|x2apic|SR-IOV|sriov|mdev", re.I)
+
+
+def _kernel_log(w: _Writer) -> None:
+    """The IOMMU/vfio lines of the kernel log as a plain-text dev/kmsg (what doctor reads on replay); the rest of
+    the log stays private."""
+    from .host.kernel import kernel_log
+
+    log = kernel_log(w.h)
+    if not log:
+        return
+    data = "".join(line + "\n" for line in log if KMSG_KEEP.search(line)).encode()
+    ti = tarfile.TarInfo("dev/kmsg")
+    ti.size = len(data)
+    ti.mode = 0o600
+    ti.mtime = w.mtime
+    w.add_dir("/dev")
+    w.tar.addfile(ti, io.BytesIO(data))
+    w.stats.files += 1
+
+
 def capture_host(h: HostRoot, output: str) -> CaptureStats:
     """Write the snapshot of ``h`` to ``output`` (.tar.gz). Returns counts of what was written."""
     tmp = output + ".part"
@@ -247,6 +268,7 @@ def capture_host(h: HostRoot, output: str) -> CaptureStats:
             for d in ETC_DIRS:
                 for name in h.listdir(h.path(d)):
                     w.add_file(f"{d}/{name}")
+            _kernel_log(w)
             manifest = json.dumps({
                 "format": "passthru-capture/1",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
