@@ -67,6 +67,7 @@ SKIP_FILES = re.compile(
 SKIP_DIRS = frozenset({"power", "statistics", "queues", "msi_irqs", "wakeup", "trace", "holders_ignore", "mq",
                        "integrity", "queue", "hwmon", "thermal", "ptp", "hugepages_never"})
 MAX_FILE = 64 * 1024
+_NOT_FOLLOWED = frozenset({"subsystem", "driver", "module", "firmware_node", "port", "consumer", "supplier"})
 TTY_RE = re.compile(r"^(ttyS|ttyUSB|ttyACM|ttyAMA)\d+$|^console$")
 
 
@@ -172,25 +173,29 @@ class _Writer:
         except OSError:
             return
         for name in names:
-            if name in SKIP_DIRS:
-                continue
-            child = f"{host_path}/{name}"
-            try:
-                cst = os.lstat(self.h.path(child))
-            except OSError:
-                continue
-            if stat.S_ISLNK(cst.st_mode):
-                target = os.readlink(self.h.path(child))
-                self.add_link(child, target)
-                resolved = os.path.normpath(os.path.join(host_path, target))
-                # follow links that point at device directories we want (the bus/class -> devices hop)
-                if DEVICE_TREES_RE.match(resolved) and name not in ("subsystem", "driver", "module", "firmware_node",
-                                                                     "port", "consumer", "supplier"):
-                    self.pending_dirs.append(resolved)
-            elif stat.S_ISDIR(cst.st_mode):
+            if name not in SKIP_DIRS:
+                self._entry(host_path, name, depth)
+
+    def _entry(self, host_path: str, name: str, depth: int | None) -> None:
+        """Copy one directory entry: a link as a link (followed into device trees when ``depth`` is given),
+        a file, or (with ``depth``) a subdirectory recursively."""
+        child = f"{host_path}/{name}"
+        try:
+            cst = os.lstat(self.h.path(child))
+        except OSError:
+            return
+        if stat.S_ISLNK(cst.st_mode):
+            target = os.readlink(self.h.path(child))
+            self.add_link(child, target)
+            resolved = os.path.normpath(os.path.join(host_path, target))
+            # follow links that point at device directories we want (the bus/class -> devices hop)
+            if depth is not None and DEVICE_TREES_RE.match(resolved) and name not in _NOT_FOLLOWED:
+                self.pending_dirs.append(resolved)
+        elif stat.S_ISDIR(cst.st_mode):
+            if depth is not None:
                 self.walk(child, depth + 1)
-            elif stat.S_ISREG(cst.st_mode) and not SKIP_FILES.match(name):
-                self.add_file(child)
+        elif stat.S_ISREG(cst.st_mode) and not SKIP_FILES.match(name):
+            self.add_file(child)
 
     def shallow(self, host_path: str) -> None:
         """Copy one directory's files and links, not its subdirectories (ancestors of a device: their
@@ -202,15 +207,7 @@ class _Writer:
         real = self.h.path(host_path)
         self.add_dir(host_path)
         for name in self.h.listdir(real):
-            child = f"{host_path}/{name}"
-            try:
-                cst = os.lstat(self.h.path(child))
-            except OSError:
-                continue
-            if stat.S_ISLNK(cst.st_mode):
-                self.add_link(child, os.readlink(self.h.path(child)))
-            elif stat.S_ISREG(cst.st_mode) and not SKIP_FILES.match(name):
-                self.add_file(child)
+            self._entry(host_path, name, None)
 
     def drain(self) -> None:
         while self.pending_dirs:

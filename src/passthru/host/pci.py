@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .root import DirReader, HostRoot
+from .root import DirReader, HostRoot, parse_int
 
 __all__ = [
     "PciAddress", "PciFunction", "MdevType", "MdevInstance", "parse_address", "normalize_address",
@@ -165,13 +165,7 @@ def _hex_pair(value: str | None) -> tuple[int | None, int | None]:
         return None, None
 
 
-def _int_or_none(text: str | None, base: int = 10) -> int | None:
-    if text is None:
-        return None
-    try:
-        return int(text.split()[0], base) if text else None
-    except (ValueError, IndexError):
-        return None
+_int_or_none = parse_int
 
 
 def _read_mdev_types(h: HostRoot, d: str) -> tuple[MdevType, ...]:

@@ -18,9 +18,19 @@ if TYPE_CHECKING:  # importing typing costs start-up time on every CLI call
 
 import os
 
-__all__ = ["HostRoot", "DirReader", "ROOT_ENV"]
+__all__ = ["HostRoot", "DirReader", "ROOT_ENV", "parse_int"]
 
 ROOT_ENV = "PASSTHRU_ROOT"
+
+
+def parse_int(text: str | None, base: int = 10) -> int | None:
+    """The first word of an attribute as an integer; None when absent, empty or malformed."""
+    if not text:
+        return None
+    try:
+        return int(text.split()[0], base)
+    except (ValueError, IndexError):
+        return None
 
 
 def _read_raw(path: str, limit: int) -> bytes | None:
@@ -187,13 +197,7 @@ class HostRoot:
     @classmethod
     def read_int(cls, path: str, base: int = 10) -> int | None:
         """An integer attribute; base 0 accepts "0x10de". None when absent or malformed."""
-        text = cls.read(path)
-        if text is None:
-            return None
-        try:
-            return int(text.split()[0], base) if text else None
-        except (ValueError, IndexError):
-            return None
+        return parse_int(cls.read(path), base)
 
     @classmethod
     def read_hex(cls, path: str) -> int | None:
