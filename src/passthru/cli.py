@@ -325,6 +325,43 @@ def doctor(
 
 
 @app.command()
+def prepare(
+    ctx: typer.Context,
+    gpu: Annotated[bool, typer.Option("--gpu", help="Keep nouveau off at boot (rdblacklist=nouveau nouveau.modeset=0).")] = False,
+    hugepages: Annotated[Optional[str], typer.Option("--hugepages", metavar="SIZE:COUNT",
+                                                     help="Reserve hugepages at boot, e.g. 1G:16 or 2M:1024.")] = None,
+    unsafe_interrupts: Annotated[bool, typer.Option("--unsafe-interrupts",
+                                                    help="Add vfio_iommu_type1.allow_unsafe_interrupts=1.")] = False,
+    apply: Annotated[bool, typer.Option("--apply", help="Write the changes (with backups) and regenerate.")] = False,
+    do_rollback: Annotated[bool, typer.Option("--rollback", help="Restore the last applied backup set.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
+) -> None:
+    """Prepare the host: IOMMU kernel arguments for this CPU vendor, boot loader config, vfio modules at boot.
+
+    Dry run by default (shows diffs and commands). Examples: `passthru prepare`, `passthru prepare --gpu
+    --hugepages 1G:16`, `passthru prepare --apply`, `passthru prepare --rollback`.
+    """
+    from .prepare import (PrepareOptions, apply_plan, format_plan, format_result, make_plan, parse_hugepages,
+                          read_host_facts, rollback)
+
+    c: _Ctx = ctx.obj
+    if apply and do_rollback:
+        raise UsageError("--apply and --rollback exclude each other; pick one")
+    if do_rollback:
+        res = rollback(c.host, c.paths)
+        _emit_json(res.to_json()) if as_json else print(format_result(res))
+        return
+    opts = PrepareOptions(gpu=gpu, hugepages=parse_hugepages(hugepages) if hugepages else None,
+                          unsafe_interrupts=unsafe_interrupts)
+    plan = make_plan(c.host, read_host_facts(c.host), opts)
+    if apply:
+        res = apply_plan(c.host, plan, c.paths)
+        _emit_json(res.to_json()) if as_json else print(format_result(res))
+    else:
+        _emit_json(plan.to_json()) if as_json else print(format_plan(plan))
+
+
+@app.command()
 def capture(
     ctx: typer.Context,
     output: Annotated[str, typer.Option("--output", "-o", metavar="FILE.tar.gz",
