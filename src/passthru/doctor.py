@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from .discovery import Device, Inventory, discover
 from .host.cpu import CpuInfo, read_cpu
 from .host.iommu import group_verdict, is_vfio_driver
-from .host.kernel import (KernelInfo, boot_modules, cmdline_value, grep_log, kernel_log, loaded_modules,
+from .host.kernel import (IR_OFF, IR_ON, KernelInfo, boot_modules, cmdline_value, grep_log, kernel_log,
+                          loaded_modules,
                           read_cmdline, read_kernel)
 from .host.memory import read_hugepages, read_memlock, read_memtotal_kib
 from .host.root import HostRoot
@@ -153,9 +154,7 @@ def _check_irq_remapping(r: Report, f: _Facts) -> None:
     unsafe_param = (f.h.read(f"{f.h.sys}/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts") or "") in (
         "Y", "1")
     unsafe = unsafe_arg or unsafe_param
-    on = grep_log(f.log, r"DMAR-IR: Enabled IRQ remapping|AMD-Vi: Interrupt remapping enabled")
-    off = grep_log(f.log, r"DMAR-IR: .*(disabled|Failed)|Not enabling interrupt remapping|"
-                          r"AMD-Vi: Interrupt remapping .*disabled|IRQ remapping was enabled.*disabled")
+    on, off = grep_log(f.log, IR_ON), grep_log(f.log, IR_OFF)
     if on and not off:
         if unsafe:
             r.add("iommu.irq_remapping", "Interrupt remapping", WARN,

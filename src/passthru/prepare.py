@@ -76,9 +76,6 @@ class HostFacts:
     interrupt_remapping: bool | None = None  # None: unknown
 
 
-_IR_ON = r"DMAR-IR: Enabled IRQ remapping|AMD-Vi: Interrupt remapping enabled"
-_IR_OFF = (r"DMAR-IR: .*(disabled|Failed)|Not enabling interrupt remapping|AMD-Vi: Interrupt remapping .*disabled|"
-           r"IRQ remapping was enabled.*disabled")
 
 
 def read_host_facts(h: HostRoot) -> HostFacts:
@@ -87,10 +84,10 @@ def read_host_facts(h: HostRoot) -> HostFacts:
     it says it is disabled or failed, None otherwise (no readable log; nothing said yet, as before the IOMMU is
     first turned on). None never adds allow_unsafe_interrupts: that weakens isolation, so it takes evidence."""
     from .host.cpu import read_cpu
-    from .host.kernel import grep_log, kernel_log, read_kernel
+    from .host.kernel import IR_OFF, IR_ON, grep_log, kernel_log, read_kernel
 
     log = kernel_log(h)
-    on, off = grep_log(log, _IR_ON), grep_log(log, _IR_OFF)
+    on, off = grep_log(log, IR_ON), grep_log(log, IR_OFF)
     ir = True if on and not off else False if off else None
     return HostFacts(cpu_vendor=read_cpu(h).vendor, kernel_version=read_kernel(h).version, interrupt_remapping=ir)
 

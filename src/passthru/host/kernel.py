@@ -140,6 +140,12 @@ def _kmsg_text(record: str) -> str:
     return record
 
 
+# kernel log lines that say interrupt remapping is on / off (Intel DMAR-IR, AMD-Vi)
+IR_ON = r"DMAR-IR: Enabled IRQ remapping|AMD-Vi: Interrupt remapping enabled"
+IR_OFF = (r"DMAR-IR: .*(disabled|Failed)|Not enabling interrupt remapping|AMD-Vi: Interrupt remapping .*disabled|"
+          r"IRQ remapping was enabled.*disabled")
+
+
 def grep_log(log: list[str] | None, pattern: str) -> list[str]:
     if not log:
         return []
