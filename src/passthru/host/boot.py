@@ -1,5 +1,5 @@
 """Boot facts, read-only: firmware mode, distribution, which boot loader owns the kernel command line, and the
-commands that rebuild the boot menu from the files passthru edits. ``passthru prepare`` (``passthru/prepare.py``)
+commands that rebuild the boot menu from the files passthru edits. ``passthru prepare`` (``passthru/prepare/``)
 is the only writer of boot configuration; this module never changes anything.
 
 Boot loader detection, first match wins (host paths, all read through the HostRoot):
