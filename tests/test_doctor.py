@@ -167,3 +167,58 @@ def test_device_in_a_shared_group_names_the_strangers(tmp_path, capsys):
     assert "0000:03:00.1" not in g.fix.split("also holds")[1].split("which")[0], "the audio companion is no stranger"
     assert cli_main(["--root", str(root), "doctor", "9-9"]) == 2
     assert "no USB device" in capsys.readouterr().err
+
+
+def _boot_check(root: Path) -> object:
+    from passthru.config import Paths
+    h = HostRoot(root)
+    rep = run_doctor(h, [], discover(h), Paths.for_root(h))
+    return next(f for f in rep.findings if f.id == "boot.reboot")
+
+
+def test_reboot_needed_after_prepare_until_the_kernel_has_the_arguments(tmp_path, capsys):
+    from prepare_fixtures import boot_host
+    root = boot_host(tmp_path, "debian", boot_id="11111111-2222-3333-4444-555555555555")
+    before = _boot_check(root)
+    assert before.status == PASS and "sets no IOMMU/vfio arguments" in before.evidence
+    assert cli_main(["--root", str(root), "prepare", "--apply"]) == 0
+    capsys.readouterr()
+    after = _boot_check(root)
+    assert after.status == WARN and "reboot" in after.fix
+    assert "/etc/default/grub has intel_iommu=on iommu=pt" in after.evidence
+    # the reboot: a new boot id and the arguments on the running command line
+    put(root, {"proc/sys/kernel/random/boot_id": "99999999-2222-3333-4444-555555555555\n",
+               "proc/cmdline": "BOOT_IMAGE=/boot/vmlinuz-6.8.0-45-generic root=/dev/sda2 ro intel_iommu=on iommu=pt "
+                               "quiet\n"})
+    done = _boot_check(root)
+    assert done.status == PASS and "intel_iommu=on iommu=pt" in done.evidence
+
+
+def test_reboot_needed_for_an_argument_the_config_dropped_and_for_bls(tmp_path):
+    from prepare_fixtures import boot_host
+    root = boot_host(tmp_path, "debian", name="a",
+                     cmdline="BOOT_IMAGE=/vmlinuz ro intel_iommu=on iommu=pt vfio_iommu_type1.allow_unsafe_interrupts=1",
+                     grub='GRUB_CMDLINE_LINUX="intel_iommu=on iommu=soft iommu=pt"\n')
+    f = _boot_check(root)
+    assert f.status == WARN
+    assert "running kernel has vfio_iommu_type1.allow_unsafe_interrupts=1" in f.evidence
+    assert "iommu=soft" not in f.evidence  # the kernel takes the last iommu=, which is in effect
+    bls = boot_host(tmp_path, "rhel-bls", name="b", bls_options="root=/dev/mapper/rhel-root ro intel_iommu=on")
+    f = _boot_check(bls)
+    assert f.status == WARN and "the BLS boot entry has intel_iommu=on" in f.evidence
+    assert _boot_check(boot_host(tmp_path, "unknown", name="c")).status == SKIP
+
+
+def test_the_iommu_not_the_cpu_decides_the_arguments(tmp_path):
+    """An AMD host giving its guest QEMU's virtual VT-d (the lab on an AMD machine): the guest's CPU says AMD, its
+    ACPI DMAR table says Intel, and intel_iommu=on is what that kernel needs."""
+    from passthru.prepare import read_host_facts
+    b = fx.make_bare_host(tmp_path / "g")
+    b.iommu("intel")
+    b.proc("BOOT_IMAGE=/vmlinuz ro iommu=pt", cpu_vendor="AuthenticAMD")
+    root = prepared(b)
+    c = checks(root)
+    assert c["kernel.cmdline"].status == FAIL and "intel_iommu=on" in c["kernel.cmdline"].evidence
+    assert "the IOMMU is Intel VT-d (ACPI DMAR table" in c["cpu.vendor"].evidence
+    assert "VT-d" in c["iommu.firmware"].evidence or c["iommu.firmware"].status == PASS
+    assert read_host_facts(HostRoot(root)).cpu_vendor == "intel"

@@ -307,7 +307,7 @@ def doctor(
     c: _Ctx = ctx.obj
     inv = c.inventory()
     selected = [resolve_device(inv, i) for i in idents or []]
-    report = run_doctor(c.host, selected, inv)
+    report = run_doctor(c.host, selected, inv, c.paths)
     if as_json:
         _emit_json(report.to_json())
     else:

@@ -4,7 +4,8 @@ Each check yields a :class:`Finding` with an id, a status (pass / warn / fail / 
 concrete fix. Read-only: doctor never changes the host. ``passthru prepare`` applies what software can fix.
 
 Host checks: CPU virtualization and vendor; IOMMU in firmware (ACPI DMAR/IVRS, kernel log); IOMMU active (units and
-groups); kernel arguments for this vendor in /proc/cmdline; interrupt remapping (and whether
+groups); kernel arguments for this vendor in /proc/cmdline; boot configuration (grub, BLS entry,
+/etc/kernel/cmdline) or a ``prepare --apply`` of this boot not yet in effect (reboot needed); interrupt remapping (and whether
 allow_unsafe_interrupts is needed or only weakens isolation); vfio modules loaded and configured for boot
 (vfio_virqfd only before 6.2); hugepages; locked-memory limit; host graphics drivers. Device checks, for each
 DEVICE given: present, bound driver, IOMMU group viability with the offending mates named, boot VGA.
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .config import Paths
 from .discovery import Device, Inventory, discover
+from .host.boot import arg_key, configured_args, read_boot
 from .host.cpu import CpuInfo, read_cpu
-from .host.iommu import group_verdict, is_vfio_driver
+from .host.iommu import group_verdict, is_vfio_driver, platform_vendor
 from .host.kernel import (IR_OFF, IR_ON, KernelInfo, boot_modules, cmdline_value, grep_log, kernel_log,
                           loaded_modules,
                           read_cmdline, read_kernel)
@@ -74,6 +77,8 @@ class _Facts:
     log: list[str] | None
     modules: set[str]
     inv: Inventory
+    vendor: str | None = None  # whose IOMMU: decides the kernel arguments (platform_vendor)
+    vendor_from: str = ""
 
 
 def _vendor_args(vendor: str | None) -> list[str]:
@@ -87,9 +92,13 @@ def _vendor_args(vendor: str | None) -> list[str]:
 def _check_cpu(r: Report, f: _Facts) -> None:
     c = f.cpu
     label = {"intel": "Intel", "amd": "AMD"}.get(c.vendor or "", c.vendor_id or "unknown")
-    r.add("cpu.vendor", "CPU vendor", PASS if c.vendor in ("intel", "amd") else WARN,
-          f"{label} ({c.model_name or 'model unknown'}, {c.cpus} CPUs)",
-          None if c.vendor in ("intel", "amd") else "passthru knows the kernel arguments for Intel and AMD only")
+    other = ""
+    if f.vendor != c.vendor and f.vendor in ("intel", "amd"):
+        other = f"; the IOMMU is {'Intel VT-d' if f.vendor == 'intel' else 'AMD-Vi'} ({f.vendor_from}), which decides the arguments"
+    ok = f.vendor in ("intel", "amd")
+    r.add("cpu.vendor", "CPU vendor", PASS if ok else WARN,
+          f"{label} ({c.model_name or 'model unknown'}, {c.cpus} CPUs){other}",
+          None if ok else "passthru knows the kernel arguments for Intel and AMD only")
     if c.virtualization:
         r.add("cpu.virtualization", "Hardware virtualization", PASS,
               f"{c.virtualization} flag present ({'VT-x' if c.virtualization == 'vmx' else 'AMD-V'})")
@@ -106,7 +115,7 @@ def _check_iommu(r: Report, f: _Facts) -> None:
     h = f.h
     tables = [t for t in ("DMAR", "IVRS") if h.exists(f"{h.sys}/firmware/acpi/tables/{t}")]
     log_lines = grep_log(f.log, r"^(DMAR|AMD-Vi|DMAR-IR):")
-    firmware_setting = "Intel VT-d" if f.cpu.vendor == "intel" else "AMD IOMMU / AMD-Vi" if f.cpu.vendor == "amd" \
+    firmware_setting = "Intel VT-d" if f.vendor == "intel" else "AMD IOMMU / AMD-Vi" if f.vendor == "amd" \
         else "VT-d / AMD-Vi"
     if tables or log_lines:
         ev = []
@@ -132,7 +141,7 @@ def _check_iommu(r: Report, f: _Facts) -> None:
 
 
 def _check_cmdline(r: Report, f: _Facts) -> None:
-    want = _vendor_args(f.cpu.vendor)
+    want = _vendor_args(f.vendor)
     if not want:
         r.add("kernel.cmdline", "IOMMU kernel arguments", SKIP, "CPU vendor unknown: no arguments to check")
         return
@@ -144,6 +153,50 @@ def _check_cmdline(r: Report, f: _Facts) -> None:
               "run `passthru prepare --apply` (adds them to the boot loader config) and reboot")
     else:
         r.add("kernel.cmdline", "IOMMU kernel arguments", PASS, f"/proc/cmdline has {' '.join(want)}")
+
+
+# Kernel arguments passthru manages or that decide passthrough; a difference in any other argument is not ours.
+MANAGED_ARGS = frozenset({"intel_iommu", "amd_iommu", "iommu", UNSAFE_IRQ, "rdblacklist", "modprobe.blacklist",
+                          "nouveau.modeset", "default_hugepagesz", "hugepagesz", "hugepages"})
+
+
+def _check_reboot(r: Report, f: _Facts, paths: Paths | None) -> None:
+    """Boot configuration that differs from the running kernel in arguments that matter here -> reboot needed.
+    Where the configuration cannot be read, the flag ``passthru prepare --apply`` leaves for the boot it ran in
+    decides (with it readable, the comparison is the better answer: an apply that only wrote what the running
+    kernel already has needs no reboot)."""
+    from .prepare import missing_args, pending_reboot  # pure readers of prepare's rules and flag
+
+    boot = read_boot(f.h)
+    configured = configured_args(f.h, boot)
+    flag = pending_reboot(f.h, paths) if paths is not None else False
+    if configured is None and not flag:
+        r.add("boot.reboot", "Boot config in effect", SKIP,
+              f"no boot loader configuration passthru can read (loader: {boot.loader or 'unknown'})")
+        return
+    ours = [a for a in configured or [] if arg_key(a) in MANAGED_ARGS]
+    # the kernel uses the last of a repeated argument (blacklists are lists and may repeat)
+    ours = [a for i, a in enumerate(ours) if arg_key(a) in ("rdblacklist", "modprobe.blacklist")
+            or not any(arg_key(b) == arg_key(a) for b in ours[i + 1:])]
+    pending = missing_args(f.cmdline, ours)
+    stale = [a for a in f.cmdline if arg_key(a) in MANAGED_ARGS and configured is not None
+             and not any(arg_key(c) == arg_key(a) for c in ours)]
+    where = {"grub": "/etc/default/grub", "systemd-boot": "/etc/kernel/cmdline"}.get(boot.loader or "",
+                                                                                    "the BLS boot entry")
+    if pending or stale or (flag and configured is None):
+        ev = []
+        if pending:
+            ev.append(f"{where} has {' '.join(pending)}, the running kernel does not")
+        if stale:
+            ev.append(f"the running kernel has {' '.join(stale)}, {where} no longer does")
+        if flag and not ev:
+            ev.append("`passthru prepare --apply` changed the boot configuration during this boot")
+        r.add("boot.reboot", "Boot config in effect", WARN, "; ".join(ev),
+              "reboot to boot with the prepared configuration (`passthru prepare --rollback` undoes it instead)")
+    else:
+        r.add("boot.reboot", "Boot config in effect", PASS,
+              f"the running kernel has the IOMMU/vfio arguments {where} sets ({' '.join(ours)})" if ours else
+              f"{where} sets no IOMMU/vfio arguments; nothing waits for a reboot")
 
 
 def _check_irq_remapping(r: Report, f: _Facts) -> None:
@@ -300,15 +353,20 @@ def _check_device(r: Report, f: _Facts, dev: Device) -> None:
     r.add("device.group", "IOMMU group viable", status, f"group {fn.iommu_group}: {reason}", fix, device=dev.id)
 
 
-def run_doctor(h: HostRoot, devices: list[Device] | None = None, inv: Inventory | None = None) -> Report:
-    """All host checks, then device checks for ``devices`` (already resolved from what the operator typed)."""
+def run_doctor(h: HostRoot, devices: list[Device] | None = None, inv: Inventory | None = None,
+               paths: Paths | None = None) -> Report:
+    """All host checks, then device checks for ``devices`` (already resolved from what the operator typed).
+    ``paths`` locates the state directory (prepare's reboot flag); without it the flag is not consulted."""
     inv = inv or discover(h)
-    facts = _Facts(h=h, cpu=read_cpu(h), kernel=read_kernel(h), cmdline=read_cmdline(h), log=kernel_log(h),
-                   modules=loaded_modules(h), inv=inv)
+    cpu = read_cpu(h)
+    vendor, vendor_from = platform_vendor(h, cpu.vendor)
+    facts = _Facts(h=h, cpu=cpu, kernel=read_kernel(h), cmdline=read_cmdline(h), log=kernel_log(h),
+                   modules=loaded_modules(h), inv=inv, vendor=vendor, vendor_from=vendor_from)
     r = Report()
     _check_cpu(r, facts)
     _check_iommu(r, facts)
     _check_cmdline(r, facts)
+    _check_reboot(r, facts, paths)
     _check_irq_remapping(r, facts)
     _check_modules(r, facts)
     _check_hugepages(r, facts)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from .pci import PciFunction, parse_address
 from .root import HostRoot
 
-__all__ = ["IommuState", "IommuGroup", "read_iommu_state", "scan_groups", "VFIO_DRIVERS", "is_vfio_driver"]
+__all__ = ["IommuState", "IommuGroup", "read_iommu_state", "scan_groups", "VFIO_DRIVERS", "is_vfio_driver",
+           "platform_vendor"]
 
 VFIO_DRIVERS = frozenset({"vfio-pci", "pci-stub"})
 BRIDGE_DRIVERS = frozenset({"pcieport", "shpchp"})
@@ -57,6 +58,21 @@ def read_iommu_state(h: HostRoot) -> IommuState:
         else:
             vendor = "other"
     return IommuState(units=units, group_count=len(groups), vendor=vendor)
+
+
+def platform_vendor(h: HostRoot, cpu_vendor: str | None) -> tuple[str | None, str]:
+    """Whose IOMMU this host has, which decides the kernel arguments: (vendor, evidence). The ACPI table says it
+    best (DMAR: Intel VT-d, IVRS: AMD-Vi), then the IOMMU units the kernel registered (dmar*, ivhd*), then the CPU
+    vendor. They differ only in a VM (an AMD host giving its guest a virtual VT-d, as QEMU's intel-iommu does)."""
+    tables = f"{h.sys}/firmware/acpi/tables"
+    if h.exists(tables + "/DMAR"):
+        return "intel", "ACPI DMAR table (Intel VT-d)"
+    if h.exists(tables + "/IVRS"):
+        return "amd", "ACPI IVRS table (AMD-Vi)"
+    units = read_iommu_state(h).vendor
+    if units in ("intel", "amd"):
+        return units, f"{'dmar' if units == 'intel' else 'ivhd'} IOMMU units"
+    return cpu_vendor, "CPU vendor"
 
 
 @dataclass(frozen=True, slots=True)
