@@ -12,10 +12,20 @@ attributes formatted and newline-terminated as the kernel prints them, write-onl
 Methods write as they go. ``build()`` does what needs the whole picture (bridge bus numbers and windows,
 multifunction bits, ``config`` and ``resource``, IOMMU groups and units, modules) and may be called again after
 more calls. Not reproduced: resourceN mmap files, msi_irqs/, firmware_node, udev's /run database.
+
+Storage and network stacks for "what does the host use this device for" (all opt-in; trees built without these
+calls are unchanged): SATA disks behind an AHCI function (``sata``), device-mapper and MD RAID devices under
+/sys/devices/virtual/block with ``slaves/`` and the lower devices' ``holders/`` (``dm``, ``md``), native NVMe
+multipath heads (``nvme_multipath``), mounts with /proc/self/mountinfo (``mount``), IPv4 routes and IPv6
+addresses in /proc/net/route and /proc/net/if_inet6 (``ip``, ``route``), bonds, bridges and VLANs with
+master/upper_/lower_ links (``net_upper``), and serial ports under the serial-base devices of kernels >= 6.5
+(``serial(..., serial_base=True)``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import re
 import shutil
@@ -23,9 +33,20 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SysfsBuilder", "PciSpec", "KERNEL_RELEASE"]
+__all__ = ["SysfsBuilder", "PciSpec", "KERNEL_RELEASE", "PID"]
 
 KERNEL_RELEASE = "6.8.0-45-generic"
+PID = 2342  # the process reading the tree: /proc/self links to /proc/2342, /proc/net to self/net (as on a host)
+_SD_MAJORS = (8, 65, 66, 67, 68, 69, 70, 71, 128, 129, 130, 131, 132, 133, 134, 135)  # sd_major(): 16 disks each
+# per-mount (VFS) flags shown before the optional fields of mountinfo; the rest are superblock options
+_VFS_FLAGS = frozenset({"ro", "rw", "nosuid", "nodev", "noexec", "relatime", "noatime", "nodiratime",
+                        "strictatime", "nosymfollow"})
+# pseudo filesystems of every host: (source, mount point, type, options) and their anonymous device numbers
+_PSEUDO = (("sysfs", "/sys", "sysfs", "rw,nosuid,nodev,noexec,relatime", "0:21"),
+           ("proc", "/proc", "proc", "rw,nosuid,nodev,noexec,relatime", "0:22"),
+           ("udev", "/dev", "devtmpfs", "rw,nosuid,relatime,size=16384000k,nr_inodes=4096000,mode=755", "0:5"),
+           ("tmpfs", "/run", "tmpfs", "rw,nosuid,nodev,noexec,relatime,size=3283000k,mode=755", "0:25"),
+           ("cgroup2", "/sys/fs/cgroup", "cgroup2", "rw,nosuid,nodev,noexec,relatime", "0:27"))
 _ZERO = "0x0000000000000000 0x0000000000000000 0x0000000000000000\n"
 # BAR kind -> (low bits of the BAR register, IORESOURCE_* flags the kernel prints in `resource`, 64-bit)
 _BAR_KINDS = {
@@ -49,6 +70,10 @@ _MODULE_DEPS = {"vfio_pci": ("vfio_pci_core", "vfio"), "vfio_pci_core": ("vfio",
                 "vfio_iommu_type1": ("vfio",), "vfio_mdev": ("mdev", "vfio"), "ftdi_sio": ("usbserial",),
                 "kvm_intel": ("kvm",), "kvm_amd": ("kvm",), "nvidia_vgpu_vfio": ("mdev", "vfio", "nvidia")}
 _WFLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_BOND_MODES = {"balance-rr": 0, "active-backup": 1, "balance-xor": 2, "broadcast": 3, "802.3ad": 4,
+               "balance-tlb": 5, "balance-alb": 6}
+# fib_route_seq_show(): the header and every route are padded to 127 columns
+_ROUTE_HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"
 
 
 def _put(path: str, data: str | bytes, mode: int | None = None) -> None:
@@ -100,6 +125,26 @@ def _fmt(dom: int, bus: int, devfn: int) -> str:
 
 def _res(start: int, size: int, flags: int) -> str:
     return f"0x{start:016x} 0x{start + size - 1:016x} 0x{flags:016x}\n"
+
+
+def _sd_letters(index: int) -> str:
+    """sd_format_disk_name(): 0 -> "a", 25 -> "z", 26 -> "aa"."""
+    out, n = "", index + 1
+    while n:
+        n, r = divmod(n - 1, 26)
+        out = chr(97 + r) + out
+    return out
+
+
+def _be32_hex(value: int) -> str:
+    """An IPv4 address or mask as /proc/net/route prints it: the network-order word read as a little-endian
+    integer ("%08X" of a __be32 on x86 and arm64), so 192.0.2.0 is 000200C0."""
+    return f"{int.from_bytes(value.to_bytes(4, 'big'), 'little'):08X}"
+
+
+def _mangle(text: str) -> str:
+    """Octal escapes of space, tab, newline and backslash, as in /proc/mounts, mountinfo and /proc/swaps."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in text)
 
 
 @dataclass(eq=False)
@@ -163,6 +208,13 @@ class SysfsBuilder:
         self._ifindex, self._blk_minor, self._devnum = 2, 0, {}
         self._modules: set[str] = set()
         self._proc_written = False
+        self.blocks: dict[str, str] = {}  # block device name ("sda1", "dm-0") -> its directory
+        self._sd = self._dm = self._ata = self._scsi_host = 0
+        self._proc_mounts: list[tuple] = []  # from proc(mounts=...)
+        self._mounts: list[tuple] = []  # from mount()
+        self._mountinfo = False
+        self._routes: list[tuple[str, int, int, int, int, int]] = []  # iface, dest, mask, gateway, flags, metric
+        self._inet6: list[tuple[str, int, int, int, str]] = []  # address hex, prefix, scope, flags, iface
         for d in ("devices/system/node", "devices/virtual/net", "bus/pci/devices", "bus/pci/drivers",
                   "bus/pci/slots", "bus/usb/devices", "bus/usb/drivers", "kernel/iommu_groups", "class/iommu",
                   "class/net", "class/tty", "class/pci_bus", "class/block", "block", "dev/block", "dev/char",
@@ -404,6 +456,51 @@ class SysfsBuilder:
         _link(f"{self.sys}/class/net/{ifname}", d)
         return d
 
+    def virtual_netdev(self, name: str, mac: str) -> str:
+        """A software interface with no device behind it (/sys/devices/virtual/net/<name>): an Open vSwitch
+        internal port, a dummy, a veth end."""
+        return self._netdev(f"{self.sys}/devices/virtual/net", name, mac, "up", None, None, 1)
+
+    def net_upper(self, kind: str, name: str, lowers: list[str] | tuple[str, ...], *,
+                  mode: str = "active-backup") -> str:
+        """A bond, bridge, team, Open vSwitch datapath ("openvswitch": ovs-system over its ports) or VLAN interface
+        ``name`` over ``lowers`` under /sys/devices/virtual/net. All but VLANs are masters: each lower gets a
+        ``master`` link; every kind gets the adjacency links the kernel makes (upper_<name> on each lower,
+        lower_<lower> on the new interface). Bonds add bonding/ and each slave's bonding_slave/; bridges add
+        bridge/, brif/<port> and each port's brport/ with its ``bridge`` link. It takes the first lower's MAC
+        address. Returns the directory."""
+        if kind not in ("bond", "bridge", "team", "openvswitch", "vlan") or (kind == "vlan" and len(lowers) != 1):
+            raise ValueError("net_upper(): kind is bond, bridge, team, openvswitch, or vlan over exactly one lower")
+        dirs = {low: os.path.realpath(f"{self.sys}/class/net/{low}") for low in lowers}
+        macs = {low: Path(d, "address").read_text().strip() for low, d in dirs.items()}
+        d = self._netdev(f"{self.sys}/devices/virtual/net", name, macs[lowers[0]], "up", None, None, 1)
+        for low, ld in dirs.items():
+            if kind != "vlan":
+                _link(ld + "/master", d)
+            _link(f"{ld}/upper_{name}", d)
+            _link(f"{d}/lower_{low}", ld)
+        if kind == "bond":
+            os.makedirs(d + "/bonding")
+            _attrs(d + "/bonding", {"mode": f"{mode} {_BOND_MODES[mode]}", "slaves": " ".join(lowers),
+                                    "active_slave": lowers[0], "miimon": 100, "mii_status": "up"})
+            for i, (low, ld) in enumerate(dirs.items()):
+                os.makedirs(ld + "/bonding_slave")
+                _attrs(ld + "/bonding_slave", {"state": "active" if i == 0 or mode != "active-backup" else "backup",
+                                               "mii_status": "up", "link_failure_count": 0,
+                                               "perm_hwaddr": macs[low], "queue_id": 0})
+        elif kind == "bridge":
+            os.makedirs(d + "/brif")
+            os.makedirs(d + "/bridge")
+            _attrs(d + "/bridge", {"bridge_id": "8000." + macs[lowers[0]].replace(":", ""), "stp_state": 0,
+                                   "forward_delay": 1500, "hello_time": 200, "max_age": 2000, "ageing_time": 30000,
+                                   "vlan_filtering": 0})
+            for n, (low, ld) in enumerate(dirs.items(), 1):
+                os.makedirs(ld + "/brport")
+                _attrs(ld + "/brport", {"state": 3, "port_no": f"0x{n:x}", "path_cost": 100, "priority": 32})
+                _link(ld + "/brport/bridge", d)
+                _link(f"{d}/brif/{low}", ld + "/brport")
+        return d
+
     def mdev_types(self, address: str, types: list[dict]) -> None:
         """mdev_supported_types/<id>/{name, description, available_instances, device_api, devices/} on a parent;
         each dict has id, name, description, available_instances and optionally device_api."""
@@ -448,11 +545,23 @@ class SysfsBuilder:
              serial: str = "S4EWNX0N000000", size_gib: int = 931, partitions: tuple[int, ...] = ()) -> str:
         """An NVMe controller nvme<index> with namespace n1 and partitions (sizes in MiB) under the function,
         plus /sys/block, /sys/class/{nvme,block}, /sys/dev and /dev entries. Returns the namespace directory."""
+        ctrl = self._nvme_ctrl(address, index, model, serial, 4)
+        disk = f"nvme{index}n1"
+        ns = self._block(ctrl, disk, size_gib << 21, "disk", None)
+        _attrs(ns, {"nsid": 1, "removable": 0, "range": 0, "ext_range": 256, "capability": 0,
+                    "queue/logical_block_size": 512, "queue/rotational": 0})
+        _link(ns + "/device", ctrl)
+        _link(f"{self.sys}/block/{disk}", ns)
+        self._partitions(ns, disk, partitions)
+        return ns
+
+    def _nvme_ctrl(self, address: str, index: int, model: str, serial: str, cntlid: int) -> str:
         f = self.fn(address)
         ctrl = f"{f.path}/nvme/nvme{index}"
         os.makedirs(ctrl + "/power")
         _attrs(ctrl, {"dev": f"240:{index}", "model": model, "serial": serial, "firmware_rev": "2B2QEXM7",
-                      "address": f.address, "transport": "pcie", "state": "live", "cntlid": 4, "numa_node": f.numa_node,
+                      "address": f.address, "transport": "pcie", "state": "live", "cntlid": cntlid,
+                      "numa_node": f.numa_node,
                       "uevent": f"MAJOR=240\nMINOR={index}\nDEVNAME=nvme{index}\nNVME_TRTYPE=pcie"})
         _link(ctrl + "/device", f.path)
         os.makedirs(self.sys + "/class/nvme", exist_ok=True)
@@ -460,32 +569,173 @@ class SysfsBuilder:
         _link(f"{self.sys}/class/nvme/nvme{index}", ctrl)
         _link(f"{self.sys}/dev/char/240:{index}", ctrl)
         _put(f"{self.dev}/nvme{index}", "")
-        disk = f"nvme{index}n1"
-        ns = self._block(ctrl, disk, size_gib << 21, "disk", None)
-        _attrs(ns, {"nsid": 1, "removable": 0, "range": 0, "ext_range": 256, "capability": 0,
-                    "queue/logical_block_size": 512, "queue/rotational": 0})
-        _link(ns + "/device", ctrl)
-        _link(f"{self.sys}/block/{disk}", ns)
-        start = 2048
-        for n, mib in enumerate(partitions, 1):
-            p = self._block(ns, f"{disk}p{n}", mib << 11, "partition", n)
-            _attrs(p, {"partition": n, "start": start})
-            start += mib << 11
-        return ns
+        return ctrl
 
-    def _block(self, under: str, name: str, sectors: int, devtype: str, partn: int | None) -> str:
+    def nvme_multipath(self, controllers: list[tuple[str, int]], *, subsystem: int | None = None,
+                       model: str = "SAMSUNG MZWLR3T8HBLS-00007", serial: str = "S6CRNE0R100001",
+                       size_gib: int = 3576, partitions: tuple[int, ...] = ()) -> str:
+        """One namespace reached through several NVMe controllers (a dual-port drive under native NVMe multipath):
+        each (function address, controller index) gets nvme<i> under its function and the hidden path device
+        nvme<k>c<i>n1; the subsystem /sys/devices/virtual/nvme-subsystem/nvme-subsys<k> links to every controller
+        (nvme<i> -> the controller) and holds the head disk nvme<k>n1 that is mounted and stacked on. ``k`` is
+        ``subsystem``, by default the first controller's index. Returns the head's directory."""
+        k = controllers[0][1] if subsystem is None else subsystem
+        sub = f"{self.sys}/devices/virtual/nvme-subsystem/nvme-subsys{k}"
+        os.makedirs(sub + "/power")
+        nqn = f"nqn.1994-11.com.samsung:nvme:PM1733:2.5-inch:{serial}"
+        _attrs(sub, {"subsysnqn": nqn, "model": model, "serial": serial, "firmware_rev": "EPK9CB5Q",
+                     "iopolicy": "numa", "subsystype": "nvm", "uevent": f"NVME_SUBSYS_NQN={nqn}"})
+        os.makedirs(self.sys + "/class/nvme-subsystem", exist_ok=True)
+        _link(sub + "/subsystem", self.sys + "/class/nvme-subsystem")
+        _link(f"{self.sys}/class/nvme-subsystem/nvme-subsys{k}", sub)
+        disk = f"nvme{k}n1"
+        head = self._block(sub, disk, size_gib << 21, "disk", None, stack=True)
+        _attrs(head, {"nsid": 1, "removable": 0, "range": 0, "ext_range": 256, "capability": 0x200,
+                      "queue/logical_block_size": 512, "queue/rotational": 0})
+        _link(head + "/device", sub)
+        _link(f"{self.sys}/block/{disk}", head)
+        for cntlid, (address, index) in enumerate(controllers, 1):
+            ctrl = self._nvme_ctrl(address, index, model, serial, cntlid)
+            _attrs(ctrl, {"subsysnqn": nqn})
+            _link(f"{sub}/nvme{index}", ctrl)
+            path = self._block(ctrl, f"nvme{k}c{index}n1", size_gib << 21, "disk", None, stack=True)
+            _attrs(path, {"nsid": 1, "ana_state": "optimized", "queue/rotational": 0})
+            _link(path + "/device", ctrl)
+            _link(f"{self.sys}/block/nvme{k}c{index}n1", path)
+        self._partitions(head, disk, partitions, stack=True)
+        return head
+
+    def sata(self, controller: str, *, model: str = "Samsung SSD 870 EVO 1TB", serial: str | None = None,
+             size_gib: int = 931, partitions: tuple[int, ...] = (), rotational: bool = False) -> str:
+        """A SATA disk on the next libata port of an AHCI function: <fn>/ata<N>/host<M>/target<M>:0:0/<M>:0:0:0/
+        block/sd<x>, numbered as sd does (sda 8:0, sdb 8:16, ... sdq 65:0; partition n at disk minor + n), with
+        partitions (sizes in MiB), holders/ and slaves/. Returns the disk directory."""
+        f = self.fn(controller)
+        idx, host = self._sd, self._scsi_host
+        self._sd, self._scsi_host, self._ata = idx + 1, host + 1, self._ata + 1
+        if idx >= 16 * len(_SD_MAJORS) or len(partitions) > 15:
+            raise ValueError("sata(): at most 256 disks with 15 partitions each")
+        major, minor, name = _SD_MAJORS[idx // 16], (idx % 16) * 16, "sd" + _sd_letters(idx)
+        ata = f"{f.path}/ata{self._ata}"
+        target = f"{ata}/host{host}/target{host}:0:0"
+        sdev = f"{target}/{host}:0:0:0"
+        for d, ue in ((ata, ""), (f"{ata}/host{host}", "DEVTYPE=scsi_host"), (target, "DEVTYPE=scsi_target")):
+            os.makedirs(d + "/power")
+            _attrs(d, {"uevent": ue})
+        os.makedirs(sdev + "/power")
+        serial = serial or f"S4X6NF0N{idx:06d}"
+        _attrs(sdev, {"vendor": f"{'ATA':<8}", "model": f"{model[:16]:<16}", "rev": "2B6Q", "state": "running",
+                      "wwid": f"t10.ATA     {model:<40}{serial:>20}",
+                      "type": 0, "scsi_level": 6, "queue_depth": 32, "device_blocked": 0,
+                      "uevent": "DEVTYPE=scsi_device\nDRIVER=sd\nMODALIAS=scsi:t-0x00"})
+        os.makedirs(self.sys + "/bus/scsi/devices", exist_ok=True)
+        _link(sdev + "/subsystem", self.sys + "/bus/scsi")
+        _link(f"{self.sys}/bus/scsi/devices/{host}:0:0:0", sdev)
+        self._bind(sdev, f"{host}:0:0:0", "sd", "scsi")
+        disk = self._block(sdev + "/block", name, size_gib << 21, "disk", None, major=major, minor=minor, stack=True)
+        _attrs(disk, {"removable": 0, "range": 16, "ext_range": 256, "capability": 0x50,
+                      "queue/logical_block_size": 512, "queue/rotational": int(rotational)})
+        _link(disk + "/device", sdev)
+        _link(f"{self.sys}/block/{name}", disk)
+        self._partitions(disk, name, partitions, major=major, first_minor=minor, stack=True)
+        return disk
+
+    def _stack(self, upper: str, name: str, lowers: list[str] | tuple[str, ...]) -> None:
+        """bd_link_disk_holder(): <upper>/slaves/<lower> -> the lower device, <lower>/holders/<name> -> upper."""
+        for low in lowers:
+            if low not in self.blocks:
+                raise KeyError(f"no block device {low!r}; make it with nvme()/sata()/dm()/md() first")
+            os.makedirs(self.blocks[low] + "/holders", exist_ok=True)
+            _link(f"{upper}/slaves/{low}", self.blocks[low])
+            _link(f"{self.blocks[low]}/holders/{name}", upper)
+
+    def _size(self, name: str) -> int:
+        with open(self.blocks[name] + "/size") as fh:
+            return int(fh.read())
+
+    def dm(self, name: str, lowers: list[str] | tuple[str, ...], *, uuid: str | None = None,
+           sectors: int | None = None) -> str:
+        """A device-mapper device dm-<n> called ``name`` (an LVM volume "vg0-root", "luks-<uuid>", a multipath
+        WWID) over the block devices ``lowers``: /sys/devices/virtual/block/dm-<n> (253:<n>) with
+        dm/{name,uuid,suspended}, slaves/ and the lowers' holders/ links, /dev/dm-<n> and /dev/mapper/<name> ->
+        ../dm-<n>. ``uuid`` defaults to an LVM one. Returns the directory."""
+        n = self._dm
+        self._dm += 1
+        sectors = sum(self._size(low) for low in lowers) if sectors is None else sectors
+        d = self._block(self.sys + "/devices/virtual/block", f"dm-{n}", sectors, "disk", None, major=253, minor=n,
+                        stack=True)
+        os.makedirs(d + "/dm")
+        uuid = uuid or "LVM-" + hashlib.sha256(name.encode()).hexdigest()[:64]
+        _attrs(d, {"dm/name": name, "dm/uuid": uuid, "dm/suspended": 0, "dm/use_blk_mq": 1,
+                   "removable": 0, "range": 1, "ext_range": 1, "queue/rotational": 0})
+        self._stack(d, f"dm-{n}", lowers)
+        _link(f"{self.sys}/block/dm-{n}", d)
+        os.makedirs(self.dev + "/mapper", exist_ok=True)
+        _link(f"{self.dev}/mapper/{name}", f"{self.dev}/dm-{n}")
+        return d
+
+    def md(self, index: int, lowers: list[str] | tuple[str, ...], *, level: str = "raid1",
+           partitions: tuple[int, ...] = ()) -> str:
+        """An MD RAID array md<index> (9:<index>) over ``lowers``: /sys/devices/virtual/block/md<index> with
+        md/{level,raid_disks,array_state,metadata_version}, md/dev-<lower>/ (each with its ``block`` link) and
+        md/rd<slot> links, slaves/ and the lowers' holders/ links, and partitions md<index>p<n>. Returns it."""
+        name = f"md{index}"
+        sizes = [self._size(low) for low in lowers]
+        data = sum(sizes) if level == "raid0" else min(sizes) * (len(sizes) - 1 if level in ("raid5", "raid6")
+                                                                  and len(sizes) > 2 else 1)
+        d = self._block(self.sys + "/devices/virtual/block", name, max(data - 262144, 0), "disk", None, major=9,
+                        minor=index, stack=True)
+        os.makedirs(d + "/md")
+        _attrs(d, {"md/level": level, "md/raid_disks": len(lowers), "md/array_state": "clean",
+                   "md/metadata_version": "1.2", "md/chunk_size": 0 if level == "raid1" else 524288,
+                   "md/sync_action": "idle", "removable": 0, "range": 1, "ext_range": 256})
+        for slot, low in enumerate(lowers):
+            rd = f"{d}/md/dev-{low}"
+            os.makedirs(rd)
+            _attrs(rd, {"state": "in_sync", "slot": slot, "errors": 0, "offset": 262144})
+            _link(rd + "/block", self.blocks[low])
+            _link(f"{d}/md/rd{slot}", rd)
+        self._stack(d, name, lowers)
+        _link(f"{self.sys}/block/{name}", d)
+        self._partitions(d, name, partitions, stack=True)
+        return d
+
+    def _block(self, under: str, name: str, sectors: int, devtype: str, partn: int | None, *, major: int = 259,
+               minor: int | None = None, stack: bool = False) -> str:
+        """A block device directory. Without ``minor`` it takes the next extended (259) minor. ``stack``: give it
+        the ``holders/`` directory (and ``slaves/`` for a whole disk) that the kernel creates for every disk and
+        partition; dm()/md() create them on demand on lower devices made without."""
         d = f"{under}/{name}"
         os.makedirs(d + ("/queue" if devtype == "disk" else "/power"))
-        minor = self._blk_minor
-        self._blk_minor += 1
+        if minor is None:
+            minor = self._blk_minor
+            self._blk_minor += 1
         extra = f"\nPARTN={partn}" if partn else ""
-        _attrs(d, {"dev": f"259:{minor}", "size": sectors, "ro": 0,
-                   "uevent": f"MAJOR=259\nMINOR={minor}\nDEVNAME={name}\nDEVTYPE={devtype}{extra}"})
+        _attrs(d, {"dev": f"{major}:{minor}", "size": sectors, "ro": 0,
+                   "uevent": f"MAJOR={major}\nMINOR={minor}\nDEVNAME={name}\nDEVTYPE={devtype}{extra}"})
         _link(d + "/subsystem", self.sys + "/class/block")
         _link(f"{self.sys}/class/block/{name}", d)
-        _link(f"{self.sys}/dev/block/259:{minor}", d)
+        _link(f"{self.sys}/dev/block/{major}:{minor}", d)
         _put(f"{self.dev}/{name}", "")
+        if stack:
+            os.makedirs(d + "/holders", exist_ok=True)
+            if devtype == "disk":
+                os.makedirs(d + "/slaves", exist_ok=True)
+        self.blocks[name] = d
         return d
+
+    def _partitions(self, disk_dir: str, disk: str, sizes: tuple[int, ...], *, major: int = 259,
+                    first_minor: int | None = None, stack: bool = False) -> list[str]:
+        """Partitions (sizes in MiB) as subdirectories of the disk: sda1, nvme0n1p1, md0p1 (a "p" after a digit)."""
+        sep = "p" if disk[-1].isdigit() else ""
+        start, out = 2048, []
+        for n, mib in enumerate(sizes, 1):
+            p = self._block(disk_dir, f"{disk}{sep}{n}", mib << 11, "partition", n, major=major,
+                            minor=None if first_minor is None else first_minor + n, stack=stack)
+            _attrs(p, {"partition": n, "start": start})
+            start += mib << 11
+            out.append(p)
+        return out
 
     def remove_pci(self, address: str) -> None:
         """Simulate a function vanishing (hot unplug, fell off the bus): its directory and everything below it
@@ -640,10 +890,13 @@ class SysfsBuilder:
 
     # -- serial ports and consoles --------------------------------------------------------------------------
     def serial(self, name: str, *, backing: str = "platform", address: str | None = None, ghost: bool = False,
-               port: int | None = None, irq: int | None = None, uart_type: int = 4, pnp_id: str = "00:04") -> str:
+               port: int | None = None, irq: int | None = None, uart_type: int = 4, pnp_id: str = "00:04",
+               serial_base: bool = False) -> str:
         """A tty: ttyS<n> backed by the legacy "platform" serial8250 probe, a "pnp" device, a "pci" function
         (``address``), or ttyUSB<n> on USB device ``address`` ("1-1.3", interface 0). ``ghost``: a port the kernel
-        registered without a UART (type 0 = PORT_UNKNOWN). Returns the tty directory."""
+        registered without a UART (type 0 = PORT_UNKNOWN). ``serial_base``: the layout of kernels >= 6.5, with the
+        serial-base controller and port devices between the hardware and the tty (<dev>/<dev>:0/<dev>:0.<k>/tty/).
+        Returns the tty directory."""
         line = int(re.search(r"\d+$", name).group())
         legacy = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
         if port is None:
@@ -684,6 +937,8 @@ class SysfsBuilder:
             dev = self.fn(address).path
         else:
             raise ValueError(f"serial backing {backing!r}: use platform, pnp, pci or usb")
+        if serial_base:
+            dev = self._serial_base(dev)
         tty = self._tty(dev, name, 4, 64 + line)
         mmio = backing == "pci" and self.fn(address).bars
         _attrs(tty, {"type": 0 if ghost else uart_type, "port": f"0x{port:X}", "irq": irq, "uartclk": 1843200,
@@ -692,6 +947,24 @@ class SysfsBuilder:
                      "xmit_fifo_size": 1 if ghost else 16, "close_delay": 50, "closing_wait": 3000,
                      "custom_divisor": 0, "console": "N"})
         return tty
+
+    def _serial_base(self, dev: str) -> str:
+        """serial_base_device_init(): controller "<dev name>:0" and its next port "<dev name>:0.<k>" on the
+        serial-base bus; returns the port directory."""
+        base = os.path.basename(dev)
+        ctrl = f"{dev}/{base}:0"
+        k = sum(1 for e in os.listdir(ctrl) if e.startswith(f"{base}:0.")) if os.path.isdir(ctrl) else 0
+        port = f"{ctrl}/{base}:0.{k}"
+        os.makedirs(ctrl + "/power", exist_ok=True)
+        os.makedirs(port + "/power")
+        os.makedirs(self.sys + "/bus/serial-base/devices", exist_ok=True)
+        for d, kind in ((ctrl, "ctrl"), (port, "port")):
+            _attrs(d, {"uevent": f"DEVTYPE={kind}\nDRIVER={kind}"})
+            _link(d + "/subsystem", self.sys + "/bus/serial-base")
+            _link(f"{self.sys}/bus/serial-base/devices/{os.path.basename(d)}", d)
+            if not os.path.islink(d + "/driver"):
+                self._bind(d, os.path.basename(d), kind, "serial-base")
+        return port
 
     def _platform(self, dev: str, name: str, bus: str, driver: str) -> None:
         os.makedirs(f"{self.sys}/bus/{bus}/devices", exist_ok=True)
@@ -730,9 +1003,10 @@ class SysfsBuilder:
 
     def proc(self, cmdline: str = f"BOOT_IMAGE=/boot/vmlinuz-{KERNEL_RELEASE} root=/dev/sda2 ro quiet", *,
              cpu_vendor: str = "GenuineIntel", model_name: str | None = None, mounts=(), swaps=(),
-             kvm: bool = True, cpu_flags: str | None = None) -> None:
+             kvm: bool = True, cpu_flags: str | None = None, mountinfo: bool = False) -> None:
         """/proc/{cmdline,cpuinfo,mounts,swaps,version}, NUMA nodes and CPUs; ``mounts``: (device, mountpoint,
-        fstype) triples added to the usual pseudo filesystems; ``swaps``: (device, size KiB) pairs."""
+        fstype[, options]) added to the usual pseudo filesystems (``mountinfo``: also in /proc/self/mountinfo);
+        ``swaps``: (device, size KiB[, "partition" | "file"]) entries."""
         p, intel = self.proc_dir, cpu_vendor == "GenuineIntel"
         _put(p + "/cmdline", cmdline + "\n")
         model_name = model_name or ("Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz" if intel
@@ -755,16 +1029,12 @@ class SysfsBuilder:
                 f"bogomips\t: 4200.00\nclflush size\t: 64\ncache_alignment\t: 64\n"
                 f"address sizes\t: 46 bits physical, 48 bits virtual\npower management:\n\n")
         _put(p + "/cpuinfo", "".join(blocks))
-        base = [("sysfs", "/sys", "sysfs", "rw,nosuid,nodev,noexec,relatime"),
-                ("proc", "/proc", "proc", "rw,nosuid,nodev,noexec,relatime"),
-                ("udev", "/dev", "devtmpfs", "rw,nosuid,relatime,size=16384000k,nr_inodes=4096000,mode=755"),
-                ("tmpfs", "/run", "tmpfs", "rw,nosuid,nodev,noexec,relatime,size=3283000k,mode=755"),
-                ("cgroup2", "/sys/fs/cgroup", "cgroup2", "rw,nosuid,nodev,noexec,relatime")]
-        lines = [f"{d} {m} {t} {o} 0 0\n" for d, m, t, o in base]
-        lines += [f"{m[0]} {m[1]} {m[2]} {m[3] if len(m) > 3 else 'rw,relatime'} 0 0\n" for m in mounts]
-        _put(p + "/mounts", "".join(lines))
+        self._proc_mounts = list(mounts)
+        self._mountinfo = self._mountinfo or mountinfo
+        self._write_mounts()
         _put(p + "/swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
-             + "".join(f"{dev:<40}partition\t{size}\t\t0\t\t-2\n" for dev, size in swaps))
+             + "".join(f"{_mangle(s[0]):<40}{'file' + chr(9) if s[2:] == ('file',) else 'partition'}\t{s[1]}"
+                       "\t\t0\t\t-2\n" for s in swaps))
         _put(p + "/version", f"Linux version {KERNEL_RELEASE} (buildd@lcy02-amd64-051) (gcc 13.2.0) "
                              "#45-Ubuntu SMP PREEMPT_DYNAMIC\n")
         os.makedirs(p + "/sys/kernel", exist_ok=True)
@@ -782,6 +1052,102 @@ class SysfsBuilder:
             self.modules("kvm_intel" if intel else "kvm_amd")
             _put(self.dev + "/kvm", "", 0o660)
         self._proc_written = True
+
+    def mount(self, source: str, mountpoint: str, fstype: str = "ext4", options: str = "rw,relatime") -> None:
+        """Mount ``source`` (/dev/nvme0n1p2, /dev/mapper/vg0-root, /dev/md0...) on ``mountpoint``: a line in
+        /proc/mounts and in /proc/self/mountinfo, whose third field is the filesystem's device number - the block
+        device's major:minor, or an anonymous 0:N for btrfs (as the kernel shows it; "subvol=" sets the root)."""
+        self._mounts.append((source, mountpoint, fstype, options))
+        self._mountinfo = True
+        self._write_mounts()
+
+    def _proc_self(self) -> str:
+        """/proc/<PID> with the links of a host: /proc/self -> <PID>, /proc/net -> self/net."""
+        d = f"{self.proc_dir}/{PID}"
+        if not os.path.isdir(d):
+            os.makedirs(d + "/net")
+            os.symlink(str(PID), self.proc_dir + "/self")
+            os.symlink("self/net", self.proc_dir + "/net")
+        return d
+
+    def _write_mounts(self) -> None:
+        entries = [(m[0], m[1], m[2], m[3] if len(m) > 3 else "rw,relatime") for m in self._proc_mounts + self._mounts]
+        lines = [f"{d} {m} {t} {o} 0 0\n" for d, m, t, o, _ in _PSEUDO]
+        lines += [f"{src} {mp} {fs} {opts} 0 0\n" for src, mp, fs, opts in entries]
+        _put(self.proc_dir + "/mounts", "".join(lines))
+        if not self._mountinfo:
+            return
+        root = [e for e in entries if e[1] == "/"][:1]
+        ordered = root + [e[:4] for e in _PSEUDO] + [e for e in entries if e not in root]
+        dev_of = {e[1]: e[4] for e in _PSEUDO}
+        ids: dict[str, int] = {}
+        out = []
+        for i, (src, mp, fs, opts) in enumerate(ordered):
+            ids[mp] = mid = 22 + i
+            parent = max((m for m in ids if m != mp and (m == "/" or mp.startswith(m + "/"))), key=len, default=None)
+            pseudo = src in ("sysfs", "proc", "udev", "tmpfs", "cgroup2")
+            devnum = (dev_of.get(mp) if pseudo else self._mount_devnum(src, fs)) or f"0:{40 + i}"
+            words = opts.split(",")
+            vfs = [w for w in words if w in _VFS_FLAGS]
+            sb = [vfs[0] if vfs and vfs[0] in ("ro", "rw") else "rw"] + [w for w in words if w not in _VFS_FLAGS]
+            subvol = next((w[7:] for w in words if w.startswith("subvol=")), "/")
+            out.append(f"{mid} {1 if parent is None else ids[parent]} {devnum} {_mangle(subvol)} {_mangle(mp)} "
+                       f"{','.join(vfs)} shared:{i + 1} - {fs} {_mangle(src)} {','.join(sb)}\n")
+        _put(self._proc_self() + "/mountinfo", "".join(out))
+
+    def _mount_devnum(self, source: str, fstype: str) -> str | None:
+        """major:minor of the block device behind a mount source; None (anonymous) for btrfs and non-devices."""
+        if fstype == "btrfs" or not source.startswith("/dev/"):
+            return None
+        link = f"{self.dev}/{source[5:]}"
+        name = os.path.basename(os.readlink(link)) if os.path.islink(link) else source[5:]
+        if name not in self.blocks:
+            return None
+        with open(self.blocks[name] + "/dev") as fh:
+            return fh.read().strip()
+
+    def ip(self, ifname: str, cidr: str, *, gateway: str | None = None, metric: int = 0,
+           flags: int | None = None) -> None:
+        """An address on ``ifname`` as procfs shows it. IPv4 "192.0.2.10/24": its prefix route 192.0.2.0/24 in
+        /proc/net/route (the main table; none for a /32), plus the default route when ``gateway`` is given. IPv6
+        "2001:db8::10/64": a line of /proc/net/if_inet6 with the scope of the address (00 global, 20 link-local,
+        10 host, 40 site-local) and ``flags`` (default 0x80, IFA_F_PERMANENT)."""
+        iface = ipaddress.ip_interface(cidr)
+        if iface.version == 4:
+            if iface.network.prefixlen < 32:
+                self.route(ifname, str(iface.network), metric=metric)
+            if gateway:
+                self.route(ifname, "0.0.0.0/0", gateway=gateway, metric=metric)
+            return
+        if gateway:
+            raise ValueError("IPv6 routes are in /proc/net/ipv6_route, which the builder does not write")
+        a = iface.ip
+        scope = 0x20 if a.is_link_local else 0x10 if a.is_loopback else 0x40 if a.is_site_local else 0x00
+        self._inet6.append((a.packed.hex(), iface.network.prefixlen, scope, 0x80 if flags is None else flags, ifname))
+        self._write_net()
+
+    def route(self, ifname: str, dest: str, *, gateway: str | None = None, metric: int = 0) -> None:
+        """An IPv4 route of the main table in /proc/net/route (RTF_UP, RTF_GATEWAY with ``gateway``, RTF_HOST for
+        a /32)."""
+        net = ipaddress.IPv4Network(dest)
+        flags = 0x1 | (0x2 if gateway else 0) | (0x4 if net.prefixlen == 32 else 0)
+        self._routes.append((ifname, int(net.network_address), int(net.netmask),
+                             int(ipaddress.IPv4Address(gateway)) if gateway else 0, flags, metric))
+        self._write_net()
+
+    def _write_net(self) -> None:
+        d = self._proc_self() + "/net"
+        lines = [f"{_ROUTE_HEADER:<127}\n"]
+        for ifc, dest, mask, gw, flags, metric in sorted(self._routes, key=lambda r: (r[1], -r[2])):
+            row = (f"{ifc}\t{_be32_hex(dest)}\t{_be32_hex(gw)}\t{flags:04X}\t0\t0\t{metric}\t{_be32_hex(mask)}"
+                   "\t0\t0\t0")
+            lines.append(f"{row:<127}\n")
+        _put(d + "/route", "".join(lines))
+        rows = [("0" * 31 + "1", 1, 128, 0x10, 0x80, "lo")]
+        for addr, plen, scope, flags, ifc in self._inet6:
+            with open(f"{self.sys}/class/net/{ifc}/ifindex") as fh:
+                rows.append((addr, int(fh.read()), plen, scope, flags, ifc))
+        _put(d + "/if_inet6", "".join(f"{a} {i:02x} {p:02x} {s:02x} {f:02x} {n:>8}\n" for a, i, p, s, f, n in rows))
 
     def _write_modules(self) -> None:
         wanted = set(self._modules)
@@ -897,6 +1263,8 @@ class SysfsBuilder:
         if not self._proc_written:
             self.proc()
             self._write_modules()
+        if self._mountinfo:
+            self._write_mounts()  # device numbers of devices made after mount()/proc()
         return self.root
 
     def _pci_bus(self, under: str, dom: int, bus: int, node: int) -> None:

@@ -11,6 +11,12 @@ Each ``make_<name>(root)`` builds the tree and returns the builder (its ``functi
   behind a chipset switch without ACS, so GPU, audio, USB and SATA controllers share one group with the switch.
 - bare_host: QEMU q35 guest without an IOMMU: virtio-net, bochs VGA, ttyS0 console and ghost ports, no USB.
 - big_tree: n functions over several domains for benchmarks.
+- busy_host: a virtualization host whose devices the host itself uses (kernel 6.8, serial-base tty layout): root
+  LVM on MD RAID1 over partitions of two SATA SSDs on two AHCI controllers, swap LV, EFI partition, a mounted
+  NVMe, a whole-disk PV whose LV is not mounted, an idle NVMe; eno1+eno2 in bond0 under br0 with the host's
+  addresses and default route, a storage NIC with an address, a NIC with only link-local IPv6, an E810 with VFs on
+  iavf (with an address) and vfio-pci; serial console ttyS4 on a PCI card, VT console on the boot VGA (ASPEED), a
+  GPU on vfio-pci.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from pathlib import Path
 
 from sysfs_builder import KERNEL_RELEASE, SysfsBuilder
 
-__all__ = ["make_gpu_server", "make_broken_desktop", "make_bare_host", "make_big_tree",
-           "gpu_server", "broken_desktop", "bare_host", "big_tree", "T4_MDEV_UUID"]
+__all__ = ["make_gpu_server", "make_broken_desktop", "make_bare_host", "make_big_tree", "make_busy_host",
+           "gpu_server", "broken_desktop", "bare_host", "big_tree", "busy_host", "T4_MDEV_UUID"]
 
 T4_MDEV_UUID = "4b6a7c3e-1f2d-4e5a-9b8c-0d1e2f3a4b5c"
 _GIB, _MIB = 1 << 30, 1 << 20
@@ -279,6 +285,84 @@ def make_big_tree(root: str | Path, n: int = 4096) -> SysfsBuilder:
         made += sizes[kind]
     b.build()
     return b
+
+
+def make_busy_host(root: str | Path) -> SysfsBuilder:
+    b = SysfsBuilder(root, nodes=1, cpus_per_node=16, auto_groups=True)
+    b.iommu("intel", units=1, group_type="identity")
+    b.proc(f"BOOT_IMAGE=/vmlinuz-{KERNEL_RELEASE} root=/dev/mapper/vg0-root ro intel_iommu=on iommu=pt "
+           "console=tty0 console=ttyS4,115200n8", swaps=[("/dev/mapper/vg0-swap", 8388604)])
+    chip = dict(numa_node=0, link=None, reset_methods=(), subsystem=(0x15D9, 0x1B64), revision=0x09)
+    b.pci("0000:00:00.0", 0x8086, 0x2020, 0x060000, **{**chip, "revision": 0x07})
+    # storage: an SSD on each AHCI controller (sSATA 00:11.5, SATA 00:17.0): EFI + RAID1 member; md0 is LVM's PV
+    ahci_bars = [("mem", 8192), ("mem", 256), ("io", 8), ("io", 4), ("io", 32), ("mem", 2048)]
+    b.pci("0000:00:11.5", 0x8086, 0xA1D2, 0x010601, driver="ahci", bars=ahci_bars, **chip)
+    b.pci("0000:00:17.0", 0x8086, 0xA182, 0x010601, driver="ahci", bars=ahci_bars, **chip)
+    b.sata("0000:00:17.0", serial="S4X6NF0N101010A", size_gib=465, partitions=(512, 476_000))  # sda
+    b.sata("0000:00:11.5", serial="S4X6NF0N202020B", size_gib=465, partitions=(512, 476_000))  # sdb
+    b.md(0, ["sda2", "sdb2"])
+    b.dm("vg0-root", ["md0"], sectors=400 << 21)  # dm-0
+    b.dm("vg0-swap", ["md0"], sectors=8 << 21)  # dm-1
+    # boot VGA: ASPEED BMC behind its PCIe-to-PCI bridge; PCI serial card with the serial console
+    b.bridge("0000:00:1c.0", device=0xA190, numa_node=0, revision=0xF9, link=("5.0 GT/s PCIe", 1))
+    b.bridge("0000:01:00.0", parent="0000:00:1c.0", kind="pcie_to_pci", vendor=0x1A03, device=0x1150,
+             numa_node=0, link=("5.0 GT/s PCIe", 1), revision=0x04)
+    b.pci("0000:02:00.0", 0x1A03, 0x2000, 0x030000, parent="0000:01:00.0", driver="ast", boot_vga=True,
+          numa_node=0, link=None, revision=0x41, subsystem=(0x15D9, 0x1B64), reset_methods=(),
+          bars=[("mem", 16 * _MIB), ("mem", 128 * 1024), ("io", 128)])
+    b.bridge("0000:00:1c.4", device=0xA194, numa_node=0, revision=0xF9, link=("2.5 GT/s PCIe", 1))
+    b.pci("0000:03:00.0", 0x1415, 0xC158, 0x070002, parent="0000:00:1c.4", driver="serial", numa_node=0,
+          link=("2.5 GT/s PCIe", 1), subsystem=(0x1415, 0xC158), reset_methods=("pm",),
+          bars=[("mem", 16 * 1024), ("mem", 2 * _MIB)])
+    b.pci("0000:00:1f.0", 0x8086, 0xA1C1, 0x060100, **chip)
+    b.serial("ttyS0", backing="pnp", pnp_id="00:04", serial_base=True)
+    b.serial("ttyS4", backing="pci", address="0000:03:00.0", irq=35, serial_base=True)
+    b.console("tty0 ttyS4")
+    # a GPU for VMs
+    b.bridge("0000:17:00.0", device=0x2030, numa_node=0)
+    _gtx1080ti(b, "0000:17:00.0", 0x18, "vfio-pci", "vfio-pci", numa=0, override="vfio-pci")
+    # network: X710 ports in bond0 under br0; X550 storage port and a spare; E810 with VFs
+    b.bridge("0000:3a:00.0", device=0x2030, numa_node=0)
+    nic = dict(parent="0000:3a:00.0", numa_node=0, acs=True, multifunction=True, link=("8.0 GT/s PCIe", 8))
+    for fn in (0, 1):
+        b.pci(f"0000:3b:00.{fn}", 0x8086, 0x1572, 0x020000, driver="i40e", subsystem=(0x15D9, 0x0000),
+              bars=[("mem64pf", 8 * _MIB), ("mem64pf", 32 * 1024)], **nic)
+        b.netdev(f"0000:3b:00.{fn}", f"eno{fn + 1}", f"3c:ec:ef:10:20:{fn:02x}", phys_port_name=None)
+        b.pci(f"0000:3c:00.{fn}", 0x8086, 0x1563, 0x020000, driver="ixgbe", subsystem=(0x8086, 0x0001),
+              bars=[("mem64pf", 2 * _MIB), ("mem64pf", 16 * 1024)], **{**nic, "link": ("8.0 GT/s PCIe", 4)})
+        b.netdev(f"0000:3c:00.{fn}", f"ens2f{fn}", f"b4:96:91:30:40:{fn:02x}", phys_port_name=None)
+        b.pci(f"0000:3d:00.{fn}", 0x8086, 0x159B, 0x020000, driver="ice", subsystem=(0x8086, 0x0003),
+              bars=[("mem64pf", 32 * _MIB), ("mem64pf", 64 * 1024)], **{**nic, "link": ("16.0 GT/s PCIe", 8)})
+        b.netdev(f"0000:3d:00.{fn}", f"ens3f{fn}", f"40:a6:b7:50:60:{fn:02x}", phys_port_name=None)
+    b.net_upper("bond", "bond0", ["eno1", "eno2"])
+    b.net_upper("bridge", "br0", ["bond0"])
+    b.ip("br0", "192.0.2.10/24", gateway="192.0.2.1", metric=425)
+    b.ip("br0", "2001:db8::10/64")
+    b.ip("br0", "fe80::3eec:efff:fe10:2000/64")
+    b.ip("ens2f0", "198.51.100.5/24", metric=101)
+    b.ip("ens2f1", "fe80::b696:91ff:fe30:4001/64")
+    b.sriov("0000:3d:00.0", 64, 4, 0x1889, offset=0x10, stride=1, vf_drivers=["iavf", "vfio-pci", None, None],
+            vf_bars=[("mem64pf", 128 * 1024), ("mem64pf", 16 * 1024)])
+    b.netdev("0000:3d:02.0", "ens3f0v0", "02:a6:b7:50:60:10", phys_port_name=None)
+    b.ip("ens3f0v0", "203.0.113.7/24")
+    b.sriov("0000:3d:00.1", 64, 2, 0x1889, offset=0x4F, stride=1,
+            vf_bars=[("mem64pf", 128 * 1024), ("mem64pf", 16 * 1024)])
+    # NVMe: a mounted one, a whole-disk PV whose LV is not mounted, an idle one
+    for bus, idx, serial in ((0x5E, 0, "S4EWNX0N500001"), (0x5F, 1, "S4EWNX0N500002"), (0x60, 2, "S4EWNX0N500003")):
+        b.bridge(f"0000:5d:{idx * 2:02x}.0", device=0x2030 + idx, numa_node=0)
+        b.pci(f"0000:{bus:02x}:00.0", 0x144D, 0xA808, 0x010802, parent=f"0000:5d:{idx * 2:02x}.0", driver="nvme",
+              numa_node=0, subsystem=(0x144D, 0xA801), link=("8.0 GT/s PCIe", 4), bars=[("mem64", 16 * 1024)])
+        b.nvme(f"0000:{bus:02x}:00.0", idx, serial=serial, partitions=(952_000,) if idx == 0 else ())
+    b.dm("vg1-data", ["nvme1n1"])  # dm-2
+    b.mount("/dev/mapper/vg0-root", "/", "ext4", "rw,relatime,errors=remount-ro")
+    b.mount("/dev/sda1", "/boot/efi", "vfat", "rw,relatime,fmask=0077,dmask=0077,codepage=437,iocharset=ascii")
+    b.mount("/dev/nvme0n1p1", "/var/lib/libvirt/images", "xfs", "rw,relatime,attr2,inode64,logbufs=8,noquota")
+    b.build()
+    return b
+
+
+def busy_host(root: str | Path) -> Path:
+    return make_busy_host(root).root
 
 
 def gpu_server(root: str | Path) -> Path:
