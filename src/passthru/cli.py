@@ -382,6 +382,9 @@ def capture(
     print(f"wrote {output}: {stats.files} files, {stats.links} links, {stats.dirs} directories")
 
 
+from . import cli_vfio  # noqa: E402,F401  (registers bind, restore, status, reconcile, apply-boot)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False)

@@ -1,0 +1,146 @@
+"""CLI verbs of device takeover: bind, restore, status, reconcile, apply-boot (registered on ``cli.app``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .cli import _Ctx, _console, _emit_json, app
+from .errors import UsageError
+
+_JSON = typer.Option("--json", help="Print the JSON document.")
+
+
+def _print(out, as_json: bool) -> None:
+    if as_json:
+        _emit_json(out.to_json())
+        return
+    con = _console()
+    for d in out.devices:
+        mate = f" (group mate of {d.mate_of})" if d.mate_of else ""
+        move = f"{d.before or 'no driver'} -> {d.after or 'no driver'}"
+        note = f": {d.note}" if d.note else ""
+        con.print(f"{d.address}{mate}: {d.status} ({move}){note}", markup=False)
+    for w in out.warnings:
+        con.print(f"warning: {w}", markup=False)
+    for a in out.persisted:
+        con.print(f"{a}: persisted (re-applied at boot by passthru-apply-boot.service)", markup=False)
+    if not out.devices:
+        con.print("nothing to do", markup=False)
+
+
+def _refused(e, as_json: bool) -> None:
+    from .vfio import RefusedError
+
+    if as_json and isinstance(e, RefusedError):
+        _emit_json({"schema": 1, "ok": False, "error": str(e),
+                    "refusals": [{"address": r.address, "reason": r.reason, "override": r.override,
+                                  "group_mate_of": r.via} for r in e.refusals]})
+
+
+@app.command()
+def bind(
+    ctx: typer.Context,
+    addresses: Annotated[list[str], typer.Argument(metavar="ADDRESS...", help="PCI addresses, e.g. 0000:42:00.0.")],
+    group: Annotated[bool, typer.Option("--group", help="Also take the other endpoints of each IOMMU group.")] = False,
+    persist: Annotated[bool, typer.Option("--persist", help="Re-apply at boot (passthru apply-boot).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would move; change nothing.")] = False,
+    force_netdev: Annotated[bool, typer.Option(
+        "--force-netdev", help="Take a NIC even though it has an address or route.")] = False,
+    allow_boot_vga: Annotated[bool, typer.Option(
+        "--allow-boot-vga", help="Take the boot VGA (the host loses its console display).")] = False,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Take devices over for vfio-pci, per device address; whole IOMMU groups with --group.
+
+    Refuses (exit 2, nothing changed) devices the host needs: the boot VGA, disks with mounted filesystems or swap,
+    NICs with an address or route, the console, a PF whose VFs are in use. If a step fails, every device goes back
+    to its driver. Examples: `passthru bind 0000:86:00.0 --group`, `passthru bind 0000:5e:00.0 --persist`,
+    `passthru bind 0000:86:00.0 --group --dry-run --json`.
+    """
+    from .vfio import RefusedError
+    from .vfio import bind as do_bind
+
+    c: _Ctx = ctx.obj
+    allow = frozenset(f for f, on in (("--force-netdev", force_netdev), ("--allow-boot-vga", allow_boot_vga)) if on)
+    try:
+        out = do_bind(c.host, c.paths, addresses, group=group, persist=persist, dry_run=dry_run, allow=allow)
+    except RefusedError as e:
+        _refused(e, as_json)
+        raise
+    _print(out, as_json)
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    addresses: Annotated[Optional[list[str]], typer.Argument(metavar="[ADDRESS...]")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Give back every device passthru holds.")] = False,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Give devices back to the driver they had before `passthru bind` (and drop their boot persistence).
+
+    A device's held IOMMU group mates go back with it. Examples: `passthru restore 0000:86:00.0`,
+    `passthru restore --all`.
+    """
+    from .vfio import restore as do_restore
+
+    if bool(addresses) == all_:
+        raise UsageError("name the devices to give back, or --all (not both)")
+    c: _Ctx = ctx.obj
+    _print(do_restore(c.host, c.paths, None if all_ else addresses), as_json)
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
+    """What passthru holds (prior drivers, the driver now), and what is persisted for boot.
+
+    Example: `passthru status --json`.
+    """
+    from .vfio import status as do_status
+
+    c: _Ctx = ctx.obj
+    doc = do_status(c.host, c.paths)
+    if as_json:
+        _emit_json(doc)
+        return
+    con = _console()
+    if not doc["held"] and not doc["persisted"]:
+        con.print("passthru holds no devices", markup=False)
+    for x in doc["held"]:
+        state = "ok" if x["consistent"] else f"{x['phase']}, driver now {x['driver'] or 'none'}: run passthru reconcile"
+        con.print(f"{x['address']}  {x['vendor_id']}:{x['device_id']}  group {x['iommu_group']}  "
+                  f"was {x['prior_driver'] or 'no driver'}  {'persisted  ' if x['persisted'] else ''}{state}",
+                  markup=False)
+    held = {x["address"] for x in doc["held"]}
+    for p in doc["persisted"]:
+        if p["address"] not in held:
+            con.print(f"{p['address']}  persisted for boot, not held now (passthru apply-boot binds it)", markup=False)
+
+
+@app.command()
+def reconcile(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
+    """Finish what an interrupted bind/restore left and drop records the host no longer matches.
+
+    Example: `passthru reconcile`.
+    """
+    from .vfio import reconcile as do_reconcile
+
+    c: _Ctx = ctx.obj
+    out = do_reconcile(c.host, c.paths)
+    _print(out, as_json)
+    if out.error:
+        raise typer.Exit(1)
+
+
+@app.command("apply-boot")
+def apply_boot(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
+    """Re-apply persisted bindings (run at boot by passthru-apply-boot.service, before networking and VMs)."""
+    from .vfio import apply_boot as do_apply_boot
+
+    c: _Ctx = ctx.obj
+    out = do_apply_boot(c.host, c.paths)
+    _print(out, as_json)
+    if out.error:
+        raise typer.Exit(1)

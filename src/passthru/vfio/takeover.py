@@ -1,0 +1,298 @@
+"""Taking devices over for vfio-pci and giving them back, atomically, with a journal a crash can be finished from.
+
+bind, per device (after :func:`plan_bind` accepted the whole request):
+    record prior driver + override (phase "binding") -> audit -> driver_override=vfio-pci -> unbind -> drivers_probe
+    -> wait for driver vfio-pci and /dev/vfio/<group> -> record phase "bound" -> audit
+If any step fails, every device this call touched goes back to its prior driver (reverse order) and the error names
+the step. restore: phase "restoring" -> override back to the prior one -> unbind -> drivers_probe (or bind the prior
+driver directly) -> wait for the prior driver -> drop the record. reconcile finishes what a killed process left:
+"binding" completes when the device is fully on vfio-pci, else goes back; "restoring" completes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..config import Paths
+from ..errors import HostError, PassthruError, UsageError
+from ..host.iommu import is_vfio_driver
+from ..host.pci import PciFunction, read_function
+from ..host.root import HostRoot
+from .kernel import VFIO_PCI, Kernel
+from .plan import TakeoverPlan, parse_addresses, plan_bind
+from .state import BINDING, BOUND, RESTORING, Holding, Store
+
+__all__ = ["DeviceResult", "Outcome", "bind", "restore", "reconcile", "apply_boot", "status"]
+
+
+@dataclass(slots=True)
+class DeviceResult:
+    address: str
+    before: str | None  # driver before
+    after: str | None  # driver after (planned, for a dry run)
+    status: str  # changed | unchanged | would change | restored | rolled back | failed | lost | dropped
+    note: str = ""
+    mate_of: str | None = None
+
+    def to_json(self) -> dict:
+        return {"address": self.address, "before": self.before, "after": self.after, "status": self.status,
+                "note": self.note or None, "group_mate_of": self.mate_of}
+
+
+@dataclass(slots=True)
+class Outcome:
+    action: str
+    devices: list[DeviceResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    persisted: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return any(d.status in ("changed", "restored", "dropped") for d in self.devices) or bool(self.persisted)
+
+    def to_json(self) -> dict:
+        return {"schema": 1, "action": self.action, "ok": self.error is None,
+                "status": "changed" if self.changed else "unchanged", "error": self.error,
+                "devices": [d.to_json() for d in self.devices], "persisted": self.persisted,
+                "warnings": self.warnings}
+
+
+def _ids(fn: PciFunction) -> tuple[str, str]:
+    return f"{fn.vendor_id:04x}", f"{fn.device_id:04x}"
+
+
+# -- bind ---------------------------------------------------------------------------------------------------------
+def bind(h: HostRoot, paths: Paths, addresses: list[str], *, group: bool = False, persist: bool = False,
+         dry_run: bool = False, allow: frozenset[str] = frozenset(), kernel: Kernel | None = None) -> Outcome:
+    """Take ``addresses`` over for vfio-pci (see the module docstring). Raises RefusedError / UsageError /
+    NotFoundError before any change; HostError after rolling back what it changed."""
+    addrs = parse_addresses(addresses)
+    plan = plan_bind(h, addrs, group=group, allow=allow)
+    out = Outcome("bind", warnings=list(plan.warnings))
+    k = kernel or Kernel(h)
+    store = Store(paths)
+    if dry_run:
+        for fn in plan.functions:
+            done = is_vfio_driver(fn.driver)
+            out.devices.append(DeviceResult(fn.address, fn.driver, fn.driver if done else VFIO_PCI,
+                                            "unchanged" if done else "would change",
+                                            mate_of=plan.mates.get(fn.address)))
+        return out
+    k.require_live()
+    with store.lock():
+        _bind_locked(h, k, store, plan, out)
+        if persist:
+            for fn in plan.functions:
+                rec = store.get(fn.address)
+                if rec is not None and store.persist(rec):
+                    out.persisted.append(fn.address)
+                    store.audit("persist", fn.address, None, VFIO_PCI)
+    return out
+
+
+def _bind_locked(h: HostRoot, k: Kernel, store: Store, plan: TakeoverPlan, out: Outcome) -> None:
+    touched: list[Holding] = []
+    try:
+        for fn in plan.functions:
+            now = read_function(h, fn.address, find_vf_index=False) or fn
+            held = store.get(fn.address)
+            mate = plan.mates.get(fn.address)
+            if is_vfio_driver(now.driver):
+                note = ""
+                if held is None or held.phase != BOUND:
+                    vid, did = _ids(now)
+                    store.save(held and replace(held, phase=BOUND) or Holding(
+                        fn.address, vid, did, now.iommu_group, None, now.driver_override, BOUND,
+                        by="adopted"))
+                    note = "already on vfio-pci; now recorded (restore lets the kernel pick its driver)"
+                out.devices.append(DeviceResult(fn.address, now.driver, now.driver, "unchanged", note, mate))
+                continue
+            k.modprobe("vfio-pci", VFIO_PCI)
+            vid, did = _ids(now)
+            rec = store.save(Holding(fn.address, vid, did, now.iommu_group, now.driver, now.driver_override,
+                                     BINDING))
+            touched.append(rec)
+            store.audit("bind", fn.address, now.driver, VFIO_PCI)
+            k.set_override(fn.address, VFIO_PCI)
+            k.unbind(fn.address)
+            k.probe(fn.address)
+            k.wait_bound(fn.address, VFIO_PCI, need_node=True)
+            store.save(replace(rec, phase=BOUND))
+            out.devices.append(DeviceResult(fn.address, now.driver, VFIO_PCI, "changed", mate_of=mate))
+    except PassthruError as e:
+        failed = _roll_back(k, store, touched, out)
+        out.error = str(e)
+        msg = f"{e}; " + ("every device is back on its prior driver" if not failed else
+                          f"could not give back {', '.join(failed)}: run `passthru reconcile`")
+        raise HostError(msg) from None
+
+
+def _roll_back(k: Kernel, store: Store, touched: list[Holding], out: Outcome) -> list[str]:
+    failed = []
+    for rec in reversed(touched):
+        try:
+            _give_back(k, store, rec)
+            out.devices.append(DeviceResult(rec.address, VFIO_PCI, rec.prior_driver, "rolled back"))
+        except PassthruError as e:
+            failed.append(rec.address)
+            out.devices.append(DeviceResult(rec.address, None, rec.prior_driver, "failed", str(e)))
+    return failed
+
+
+def _give_back(k: Kernel, store: Store, rec: Holding) -> None:
+    """Return one device to its prior driver and drop its record; the record stays (phase restoring) when the
+    kernel does not cooperate, so reconcile can retry."""
+    if rec.phase != RESTORING:
+        rec = store.save(replace(rec, phase=RESTORING))
+    before = k.driver_of(rec.address)
+    if k.present(rec.address):
+        k.set_override(rec.address, rec.prior_override)
+        if before != rec.prior_driver or before is None:
+            k.unbind(rec.address)
+            k.probe(rec.address)
+            prior = rec.prior_driver
+            if prior and k.driver_of(rec.address) != prior:
+                if not k.driver_loaded(prior):
+                    k.modprobe(prior, prior)
+                k.bind(rec.address, prior)
+            if prior:
+                k.wait_bound(rec.address, prior)
+    store.audit("restore", rec.address, before, k.driver_of(rec.address))
+    store.drop(rec.address)
+
+
+# -- restore ------------------------------------------------------------------------------------------------------
+def restore(h: HostRoot, paths: Paths, addresses: list[str] | None, *, kernel: Kernel | None = None) -> Outcome:
+    """Give held devices back (``None``: all). A device's held IOMMU group mates go back with it."""
+    store = Store(paths)
+    k = kernel or Kernel(h)
+    out = Outcome("restore")
+    wanted = None if addresses is None else parse_addresses(addresses)
+    strangers = [a for a in wanted or [] if store.get(a) is None]
+    if strangers:
+        raise UsageError(f"{strangers[0]}: passthru does not hold this device (`passthru status` lists what it "
+                         "holds); nothing was changed")
+    k.require_live()
+    with store.lock():
+        held = {r.address: r for r in store.holdings()}
+        order = list(held) if wanted is None else [a for a in wanted if a in held]
+        requested = set(order)
+        if wanted is not None:
+            for a in list(order):
+                g = held[a].iommu_group
+                order += [m for m, r in held.items() if g is not None and r.iommu_group == g and m not in order]
+        errors = []
+        for a in order:
+            rec = held[a]
+            before = k.driver_of(a)
+            if not k.present(a):
+                store.drop(a)
+                store.unpersist(a)
+                store.audit("drop", a, None, None, reason="device gone from the host")
+                out.devices.append(DeviceResult(a, None, None, "dropped", "gone from the host; record dropped"))
+                continue
+            try:
+                _give_back(k, store, rec)
+            except PassthruError as e:
+                errors.append(f"{a}: {e}")
+                out.devices.append(DeviceResult(a, before, k.driver_of(a), "failed", str(e)))
+                continue
+            if store.unpersist(a):
+                store.audit("unpersist", a, VFIO_PCI, None)
+            mate = None if a in requested else next(
+                (r for r in requested if held[r].iommu_group == rec.iommu_group), None)
+            out.devices.append(DeviceResult(a, before, k.driver_of(a), "restored",
+                                            "" if rec.prior_driver else "had no driver before", mate))
+        if errors:
+            out.error = "; ".join(errors)
+            raise HostError(out.error + " — the record is kept: fix the cause and run `passthru reconcile`")
+    return out
+
+
+# -- reconcile, apply-boot, status --------------------------------------------------------------------------------
+def reconcile(h: HostRoot, paths: Paths, *, kernel: Kernel | None = None) -> Outcome:
+    """Bring records and host back in line after a crash, a reboot or changes made outside passthru."""
+    store = Store(paths)
+    k = kernel or Kernel(h)
+    out = Outcome("reconcile")
+    k.require_live()
+    with store.lock():
+        for rec in store.holdings():
+            a = rec.address
+            fn = read_function(h, a, find_vf_index=False)
+            if fn is None:
+                out.devices.append(DeviceResult(a, None, None, "lost", "not on the host; record kept"))
+                continue
+            if _ids(fn) != (rec.vendor_id, rec.device_id):
+                store.drop(a)
+                store.audit("drop", a, None, None, reason="another device in this slot")
+                out.devices.append(DeviceResult(a, fn.driver, fn.driver, "dropped",
+                                                f"now {fn.ids}, recorded {rec.vendor_id}:{rec.device_id}"))
+                continue
+            node = fn.iommu_group is not None and h.exists(k.vfio_node(fn.iommu_group))
+            if rec.phase == BOUND and fn.driver == VFIO_PCI:
+                out.devices.append(DeviceResult(a, fn.driver, fn.driver, "unchanged"))
+            elif rec.phase == BINDING and fn.driver == VFIO_PCI and node:
+                store.save(replace(rec, phase=BOUND))
+                store.audit("reconcile", a, BINDING, BOUND)
+                out.devices.append(DeviceResult(a, fn.driver, fn.driver, "changed", "bind completed"))
+            elif rec.phase == BOUND and fn.driver not in (None, VFIO_PCI):
+                store.drop(a)
+                store.audit("drop", a, VFIO_PCI, fn.driver, reason="rebound outside passthru (or rebooted)")
+                out.devices.append(DeviceResult(a, VFIO_PCI, fn.driver, "dropped",
+                                                f"on {fn.driver} now (rebound outside passthru, or a reboot)"))
+            else:
+                try:
+                    _give_back(k, store, rec)
+                    out.devices.append(DeviceResult(a, fn.driver, k.driver_of(a), "restored",
+                                                    f"unfinished {rec.phase}: given back to "
+                                                    f"{rec.prior_driver or 'no driver'}"))
+                except PassthruError as e:
+                    out.devices.append(DeviceResult(a, fn.driver, k.driver_of(a), "failed", str(e)))
+                    out.error = f"{a}: {e}"
+    return out
+
+
+def apply_boot(h: HostRoot, paths: Paths, *, kernel: Kernel | None = None) -> Outcome:
+    """At boot: reconcile, then bind every persisted device, one IOMMU group at a time (one group's failure does
+    not stop the others)."""
+    out = reconcile(h, paths, kernel=kernel)
+    out.action = "apply-boot"
+    store = Store(paths)
+    groups: dict[object, list[str]] = {}
+    for doc in store.persisted():
+        a = doc["address"]
+        fn = read_function(h, a, find_vf_index=False)
+        if fn is None:
+            out.devices.append(DeviceResult(a, None, None, "lost", "persisted, but not on the host"))
+            continue
+        if (f"{fn.vendor_id:04x}", f"{fn.device_id:04x}") != (doc.get("vendor_id"), doc.get("device_id")):
+            out.devices.append(DeviceResult(a, fn.driver, fn.driver, "failed",
+                                            f"persisted for {doc.get('vendor_id')}:{doc.get('device_id')}, "
+                                            f"the slot now holds {fn.ids}: not bound"))
+            out.error = out.error or f"{a}: a different device is in this slot"
+            continue
+        groups.setdefault(fn.iommu_group if fn.iommu_group is not None else a, []).append(a)
+    for members in groups.values():
+        try:
+            res = bind(h, paths, members, group=True, kernel=kernel)
+            out.devices += res.devices
+            out.warnings += res.warnings
+        except PassthruError as e:
+            out.error = out.error or str(e)
+            out.devices += [DeviceResult(a, None, None, "failed", str(e)) for a in members]
+    return out
+
+
+def status(h: HostRoot, paths: Paths) -> dict:
+    """What passthru holds (with the driver each device has now), and what is persisted for boot."""
+    store = Store(paths)
+    k = Kernel(h)
+    held = []
+    for rec in store.holdings():
+        now = k.driver_of(rec.address) if k.present(rec.address) else None
+        held.append({**rec.to_json(), "present": k.present(rec.address), "driver": now,
+                     "persisted": store.is_persisted(rec.address),
+                     "consistent": rec.phase == BOUND and now == VFIO_PCI})
+    return {"schema": 1, "held": held, "persisted": store.persisted()}
