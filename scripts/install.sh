@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install passthru into ./.venv, with the Debian packages it reads (hwdata for device names).
+# Install passthru into ./.venv, with the Debian packages it uses (hwdata for device names, kmod for modprobe).
 #   bash scripts/install.sh          # the tool
 #   bash scripts/install.sh --test   # plus test tools and the real-kernel lab's packages (QEMU, busybox...)
 set -euo pipefail
@@ -11,9 +11,9 @@ want_test=0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-pkgs=(python3 python3-venv python3-pip hwdata pciutils usbutils)
+pkgs=(python3 python3-venv python3-pip hwdata pciutils usbutils kmod)
 if [ "$want_test" = 1 ]; then
-    pkgs+=(qemu-system-x86 busybox-static kmod e2fsprogs util-linux)
+    pkgs+=(qemu-system-x86 busybox-static e2fsprogs util-linux systemd)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -81,3 +81,25 @@ def test_capture_keeps_only_iommu_lines_of_the_kernel_log(tmp_path, capsys, gpu_
     doc = json.loads(capsys.readouterr().out)
     irq = next(c for c in doc["checks"] if c["id"] == "iommu.irq_remapping")
     assert irq["status"] == "pass" and "DMAR-IR" in irq["evidence"]
+
+
+def test_capture_keeps_what_the_takeover_guards_read(tmp_path):
+    """A capture of a busy host replays to the same host uses: mounts through LVM on MD, swap on a mapper device,
+    a bond under a bridge with the default route, the serial console, VFs in use."""
+    import tarfile
+
+    import sysfs_fixtures as fx
+    from passthru.host.usage import host_uses
+    from passthru.host.pci import scan_pci
+
+    src = HostRoot(fx.busy_host(tmp_path / "busy"))
+    out = tmp_path / "busy.tar.gz"
+    capture_host(src, str(out))
+    with tarfile.open(out) as t:
+        t.extractall(tmp_path / "replay", filter="tar")
+    replay = HostRoot(tmp_path / "replay")
+    addrs = [f.address for f in scan_pci(src)]
+    want = {a: [(u.what, u.detail) for u in us] for a, us in host_uses(src, addrs).items()}
+    got = {a: [(u.what, u.detail) for u in us] for a, us in host_uses(replay, addrs).items()}
+    assert sum(len(v) for v in want.values()) >= 8
+    assert got == want

@@ -222,3 +222,13 @@ def test_the_iommu_not_the_cpu_decides_the_arguments(tmp_path):
     assert "the IOMMU is Intel VT-d (ACPI DMAR table" in c["cpu.vendor"].evidence
     assert "VT-d" in c["iommu.firmware"].evidence or c["iommu.firmware"].status == PASS
     assert read_host_facts(HostRoot(root)).cpu_vendor == "intel"
+
+
+def test_device_in_use_by_the_host(tmp_path):
+    root = fx.busy_host(tmp_path / "busy")
+    c = checks(Path(root), "0000:5e:00.0", "0000:3c:00.0", "0000:60:00.0")
+    mounted = c["device.host_use@0000:5e:00.0"]
+    assert mounted.status == FAIL and "/var/lib/libvirt/images" in mounted.evidence and "unmount" in mounted.fix
+    nic = c["device.host_use@0000:3c:00.0"]
+    assert nic.status == WARN and "198.51.100.0/24" in nic.evidence and "--force-netdev" in nic.fix
+    assert c["device.host_use@0000:60:00.0"].status == PASS

@@ -230,3 +230,70 @@ def test_restore_when_the_prior_driver_module_was_unloaded(host):
     Path(h.sys, "bus/pci/drivers/nouveau").rename(Path(h.sys, "nouveau.unloaded"))
     restore(h, paths, [GPU], kernel=k)
     assert "nouveau" in k.modprobed and driver(h, GPU) == "nouveau"
+
+
+@pytest.fixture
+def busy(tmp_path):
+    h = HostRoot(Path(fx.busy_host(tmp_path / "busy")))
+    return h, Paths.for_root(h), FakeKernel(h)
+
+
+def _refusal(h, paths, k, addrs, **kw):
+    with pytest.raises(RefusedError) as e:
+        bind(h, paths, addrs, kernel=k, **kw)
+    assert k.writes == [] and Store(paths).holdings() == [] and not os.path.exists(paths.state_dir)
+    return e.value.refusals
+
+
+def test_refusals_on_a_busy_host(busy):
+    """Each way a host uses a device, named with its reason; none of them changes anything."""
+    h, paths, k = busy
+    r = _refusal(h, paths, k, ["0000:5e:00.0"])  # NVMe with a mounted xfs
+    assert "nvme0n1p1" in r[0].reason and "/var/lib/libvirt/images" in r[0].reason and r[0].override is None
+    r = _refusal(h, paths, k, ["0000:5f:00.0"])  # NVMe that is an LVM PV (held by dm-2)
+    assert "vg1-data" in r[0].reason and r[0].override is None
+    # the root filesystem's RAID1 spans both AHCI controllers: each refused
+    for ahci in ("0000:00:11.5", "0000:00:17.0"):
+        r = _refusal(h, paths, k, [ahci])
+        assert any("mounted on /" in x.reason for x in r), r
+    r = _refusal(h, paths, k, ["0000:3b:00.0"])  # eno1 in bond0 under br0, which has the default route
+    assert "br0" in r[0].reason and "default route" in r[0].reason and r[0].override == "--force-netdev"
+    r = _refusal(h, paths, k, ["0000:03:00.0"])  # the PCI serial card carrying the serial console
+    assert "ttyS4" in r[0].reason and r[0].override is None
+    r = _refusal(h, paths, k, ["0000:3d:00.0"])  # E810 PF whose VFs are in use
+    assert any("0000:3d:02.1" in x.reason and "vfio-pci" in x.reason for x in r) and r[0].override is None
+    # an idle NVMe goes through
+    bind(h, paths, ["0000:60:00.0"], kernel=k)
+    assert driver(h, "0000:60:00.0") == "vfio-pci"
+
+
+def test_force_netdev_takes_a_nic_with_an_address_and_says_so(busy):
+    h, paths, k = busy
+    r = _refusal(h, paths, k, ["0000:3c:00.0"])
+    assert r[0].reason == "ens2f0 has route 198.51.100.0/24"
+    out = bind(h, paths, ["0000:3c:00.0"], allow=frozenset({"--force-netdev"}), kernel=k)
+    assert driver(h, "0000:3c:00.0") == "vfio-pci" and "198.51.100.0/24" in out.warnings[0]
+    # a NIC with only a link-local address is not in use
+    bind(h, paths, ["0000:3c:00.1"], kernel=k)
+    assert driver(h, "0000:3c:00.1") == "vfio-pci"
+    with pytest.raises(UsageError, match="unknown override --yolo"):
+        bind(h, paths, ["0000:3c:00.1"], allow=frozenset({"--yolo"}), kernel=k)
+
+
+def test_a_group_mate_the_host_uses_refuses_the_whole_request(tmp_path):
+    """broken_desktop: the GTX 1080 Ti shares group 7 (no ACS) with the chipset's xHCI and SATA controllers. With a
+    filesystem mounted from the SATA disk, --group must refuse and say which mate and why."""
+    b = fx.make_broken_desktop(tmp_path / "bd")
+    b.sata("0000:05:00.0", serial="WD-1", partitions=(512, 900_000))
+    b.proc(mountinfo=True)
+    b.mount("/dev/sda2", "/", "ext4")
+    b.build()
+    h = HostRoot(b.root)
+    k = FakeKernel(h)
+    paths = Paths.for_root(h)
+    with pytest.raises(RefusedError) as e:
+        bind(h, paths, ["0000:03:00.0"], group=True, kernel=k)
+    r = [x for x in e.value.refusals if x.address == "0000:05:00.0"][0]
+    assert r.via == "0000:03:00.0" and "mounted on /" in r.reason
+    assert "(IOMMU group mate of 0000:03:00.0)" in str(e.value) or "more" in str(e.value)
+    assert k.writes == []

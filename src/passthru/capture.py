@@ -39,6 +39,7 @@ SYS_TREES = (
     "/sys/class/net",
     "/sys/class/block",
     "/sys/block",
+    "/sys/dev/block",
     "/sys/class/nvme",
     "/sys/kernel/mm/hugepages",
     "/sys/kernel/mm/transparent_hugepage",
@@ -54,9 +55,10 @@ SYS_TREES = (
 # real directories under /sys/devices that the trees above point into (walked fully, with the skips below)
 DEVICE_TREES_RE = re.compile(
     r"^/sys/devices/(pci[0-9a-f]+:[0-9a-f]+|platform/serial8250|pnp\d+|virtual/iommu|virtual/mtty"
-    r"|virtual/tty/console|system/node|netdevsim\d+|virtual/net)(/|$)"
+    r"|virtual/tty/console|system/node|netdevsim\d+|virtual/net|virtual/block|virtual/nvme-subsystem)(/|$)"
 )
-PROC_FILES = ("/proc/sys/kernel/osrelease", "/proc/cmdline", "/proc/cpuinfo", "/proc/mounts", "/proc/swaps", "/proc/modules", "/proc/meminfo")
+PROC_FILES = ("/proc/sys/kernel/osrelease", "/proc/cmdline", "/proc/cpuinfo", "/proc/mounts", "/proc/swaps",
+              "/proc/modules", "/proc/meminfo", "/proc/self/mountinfo", "/proc/net/route", "/proc/net/if_inet6")
 ETC_FILES = ("/sys/firmware/acpi/tables/DMAR", "/sys/firmware/acpi/tables/IVRS", "/etc/os-release", "/etc/default/grub", "/etc/kernel/cmdline", "/etc/passthru/models.toml")
 ETC_DIRS = ("/etc/modules-load.d", "/etc/modprobe.d")
 

@@ -144,3 +144,32 @@ def apply_boot(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> N
     _print(out, as_json)
     if out.error:
         raise typer.Exit(1)
+
+
+@app.command()
+def units(
+    ctx: typer.Context,
+    install: Annotated[bool, typer.Option("--install", help="Write them to /etc/systemd/system and enable them.")] = False,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """The systemd units passthru ships (passthru-apply-boot.service), rendered for this installation.
+
+    Examples: `passthru units` (print them), `passthru units --install`.
+    """
+    from .units import install_units, render_units
+
+    c: _Ctx = ctx.obj
+    if install:
+        done = install_units(c.host, c.paths)
+        if as_json:
+            _emit_json({"schema": 1, "units": [{"path": p, "status": s} for p, s in done]})
+        else:
+            for p, s in done:
+                print(f"{p}: {s}")
+        return
+    rendered = render_units(c.paths)
+    if as_json:
+        _emit_json({"schema": 1, "units": [{"name": n, "text": t} for n, t in rendered.items()]})
+    else:
+        for name, text in rendered.items():
+            print(f"# {name}\n{text}")

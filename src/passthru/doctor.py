@@ -316,6 +316,26 @@ def _check_host_gpu_drivers(r: Report, f: _Facts, selected: list[Device]) -> Non
               "no host graphics driver holds a selected GPU" if selected else "no GPU selected or nouveau loaded")
 
 
+def _check_host_use(r: Report, f: _Facts, dev: Device) -> None:
+    """What the host uses the device (and its IOMMU group mates) for: what `passthru bind` would refuse."""
+    from .host.usage import host_uses
+
+    mates = [m.address for m in f.inv.group_mates(dev.id) if not m.is_bridge and not is_vfio_driver(m.driver)]
+    uses = host_uses(f.h, [dev.id, *mates])
+    found = [(a, u) for a in [dev.id, *mates] for u in uses.get(a, []) if u.what != "boot_vga"]
+    if not found:
+        r.add("device.host_use", "Not in use by the host", PASS,
+              f"{dev.id}{' and its group mates' if mates else ''}: no mounts, swap, addresses or consoles",
+              device=dev.id)
+        return
+    hard = [(a, u) for a, u in found if u.override is None]
+    ev = "; ".join(f"{a if a == dev.id else f'group mate {a}'}: {u.detail}" for a, u in found[:3])
+    ev += f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+    fix = ("stop that use first (unmount, swapoff, move the console), or pass through another device" if hard else
+           f"release it first, or `passthru bind {dev.id} {found[0][1].override}` if the host can lose it")
+    r.add("device.host_use", "Not in use by the host", FAIL if hard else WARN, ev, fix, device=dev.id)
+
+
 def _check_device(r: Report, f: _Facts, dev: Device) -> None:
     if dev.bus != "pci":
         r.add("device.present", "Device present", PASS, f"{dev.id} ({dev.kind})", device=dev.id)
@@ -328,6 +348,8 @@ def _check_device(r: Report, f: _Facts, dev: Device) -> None:
               f"{dev.id} is the GPU the firmware and console use (boot_vga=1)",
               "pass through another GPU, or move the console to another GPU / the BMC in the firmware setup",
               device=dev.id)
+    if not is_vfio_driver(fn.driver):
+        _check_host_use(r, f, dev)
     if is_vfio_driver(fn.driver):
         r.add("device.driver", "Bound to vfio-pci", PASS, f"{dev.id} driver {fn.driver}", device=dev.id)
     else:
