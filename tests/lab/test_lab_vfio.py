@@ -164,3 +164,29 @@ def test_kill_9_during_bind_then_reconcile_is_consistent(guest: GuestRun):
     assert len({r[2] for r in rounds}) >= 2, rounds
     print("kills by phase:", [(r[1], r[2], r[3]) for r in rounds])
     assert guest.file("final.driver").strip() == "e1000e"
+
+
+@in_guest(FIND + r"""
+passthru bind $nic --persist --json > bind.json
+ls /etc/passthru/vfio.d > persisted.txt
+# what a reboot does to a binding: the kernel forgets driver_override and the NIC's own driver probes it
+echo > /sys/bus/pci/devices/$nic/driver_override
+echo $nic > /sys/bus/pci/drivers/vfio-pci/unbind
+echo $nic > /sys/bus/pci/drivers_probe
+drv $nic > driver.rebooted
+passthru apply-boot --json > boot.json
+drv $nic > driver.applied; ls /dev/vfio > dev-vfio.txt
+passthru restore $nic --json > restore.json
+drv $nic > driver.restored; ls /etc/passthru/vfio.d > persisted.after.txt
+""", timeout=180)
+def test_persisted_binding_comes_back_with_apply_boot(guest: GuestRun):
+    guest.check()
+    nic = guest.json("bind.json")["devices"][0]["address"]
+    assert guest.json("bind.json")["persisted"] == [nic]
+    assert guest.file("persisted.txt").split() == [f"{nic}.json"]
+    assert guest.file("driver.rebooted").strip() == "e1000e"
+    boot = guest.json("boot.json")
+    assert boot["ok"] is True
+    assert [(d["address"], d["status"]) for d in boot["devices"]] == [(nic, "dropped"), (nic, "changed")]
+    assert guest.file("driver.applied").strip() == "vfio-pci"
+    assert guest.file("driver.restored").strip() == "e1000e" and guest.file("persisted.after.txt").strip() == ""
