@@ -382,7 +382,8 @@ def capture(
     print(f"wrote {output}: {stats.files} files, {stats.links} links, {stats.dirs} directories")
 
 
-from . import cli_vfio  # noqa: E402,F401  (registers bind, restore, status, reconcile, apply-boot)
+from . import cli_vfio  # noqa: E402,F401  (registers bind, restore, status, reconcile, apply-boot, units)
+from . import cli_vm  # noqa: E402,F401  (registers model, assign, release, assignments, qemu-args, libvirt-xml, attach, detach)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .host.root import HostRoot
 
-__all__ = ["Paths", "DeviceModel", "load_models", "BUILTIN_KINDS", "CONFIG_ENV", "STATE_ENV"]
+__all__ = ["Paths", "DeviceModel", "load_models", "save_models", "add_model", "remove_model", "BUILTIN_KINDS",
+           "CONFIG_ENV", "STATE_ENV"]
 
 CONFIG_ENV = "PASSTHRU_CONFIG_DIR"
 STATE_ENV = "PASSTHRU_STATE_DIR"
@@ -106,3 +107,54 @@ def load_models(path: str) -> list[DeviceModel]:
             )
         )
     return out
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def save_models(path: str, models: list[DeviceModel]) -> None:
+    """Write models.toml (atomically), in the documented format, sorted by name."""
+    from .statefs import write_atomic
+
+    lines = ["# passthru custom device models (`passthru model add/remove` edits this file)", ""]
+    for m in sorted(models, key=lambda m: m.name):
+        lines += [f"[models.{_toml_str(m.name)}]", f"vendor = \"{m.vendor_id:04x}\"", f"device = \"{m.device_id:04x}\"",
+                  f"kind = {_toml_str(m.kind)}"]
+        if m.description:
+            lines.append(f"description = {_toml_str(m.description)}")
+        lines.append("")
+    write_atomic(path, "\n".join(lines).encode(), 0o644)
+
+
+def add_model(path: str, name: str, vendor: str, device: str, kind: str = "custom",
+              description: str | None = None) -> str:
+    """Add (or update) one model; "changed" or "unchanged". The same rules as loading: UsageError/ConfigError."""
+    where = f"model {name!r}"
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: names are lowercase letters, digits, '-', '_' or '.'")
+    if name in BUILTIN_KINDS:
+        raise ConfigError(f"{where}: {name!r} is a built-in kind ({', '.join(BUILTIN_KINDS)}); choose another name")
+    if not _NAME_RE.match(kind):
+        raise ConfigError(f"{where}: --kind must be a short lowercase name, got {kind!r}")
+    new = DeviceModel(name, _hex_id(vendor, where + " --vendor"), _hex_id(device, where + " --device"), kind,
+                      description)
+    models = load_models(path)
+    if new in models:
+        return "unchanged"
+    clash = [m for m in models if m.name != name and (m.vendor_id, m.device_id) == (new.vendor_id, new.device_id)]
+    if clash:
+        raise ConfigError(f"{where}: {new.vendor_id:04x}:{new.device_id:04x} is already model {clash[0].name!r}; "
+                          "remove that one first")
+    save_models(path, [m for m in models if m.name != name] + [new])
+    return "changed"
+
+
+def remove_model(path: str, name: str) -> None:
+    from .errors import NotFoundError
+
+    models = load_models(path)
+    if not any(m.name == name for m in models):
+        known = ", ".join(m.name for m in models) or "none"
+        raise NotFoundError(f"model {name!r} does not exist (known: {known})")
+    save_models(path, [m for m in models if m.name != name])

@@ -1,0 +1,270 @@
+"""CLI verbs of the inventory and VM wiring: model, assign, release, assignments, qemu-args, libvirt-xml, attach,
+detach (registered on ``cli.app``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .cli import _Ctx, _console, _emit_json, app
+from .errors import UsageError
+
+_JSON = typer.Option("--json", help="Print the JSON document.")
+model_app = typer.Typer(name="model", help="Custom PCI device types (models.toml): add, list, remove.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(model_app)
+
+
+@model_app.command("add")
+def model_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Lowercase name, e.g. intel-qat.")],
+    vendor: Annotated[str, typer.Option("--vendor", metavar="VVVV", help="PCI vendor ID, hex.")],
+    device: Annotated[str, typer.Option("--device", metavar="DDDD", help="PCI device ID, hex.")],
+    kind: Annotated[str, typer.Option("--kind", help="Kind name shown in listings.")] = "custom",
+    description: Annotated[Optional[str], typer.Option("--description")] = None,
+) -> None:
+    """Name a PCI device type passthru does not classify. Example: `passthru model add intel-qat --vendor 8086
+    --device 37c8 --kind accelerator`."""
+    from .config import add_model
+
+    c: _Ctx = ctx.obj
+    print(f"{name}: {add_model(c.paths.models_file, name, vendor, device, kind, description)}")
+
+
+@model_app.command("list")
+def model_list(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
+    """The custom models. Example: `passthru model list --json`."""
+    c: _Ctx = ctx.obj
+    models = [{"name": m.name, "vendor_id": f"{m.vendor_id:04x}", "device_id": f"{m.device_id:04x}",
+               "kind": m.kind, "description": m.description} for m in c.models()]
+    if as_json:
+        _emit_json({"schema": 1, "models": models})
+        return
+    for m in models:
+        print(f"{m['name']}  {m['vendor_id']}:{m['device_id']}  {m['kind']}  {m['description'] or ''}".rstrip())
+    if not models:
+        print("no custom models (add one with `passthru model add NAME --vendor VVVV --device DDDD`)")
+
+
+@model_app.command("remove")
+def model_remove(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
+    """Forget a custom model. Example: `passthru model remove intel-qat`."""
+    from .config import remove_model
+
+    c: _Ctx = ctx.obj
+    remove_model(c.paths.models_file, name)
+    print(f"{name}: removed")
+
+
+@app.command()
+def assign(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(help="VM name.")],
+    specs: Annotated[list[str], typer.Argument(metavar="SPEC...", help="0000:86:00.0 | gpu | MODEL | "
+                                               "usb:VVVV:PPPP[:SERIAL] | usb:BUS-PORT | serial:/dev/ttyS1 | mdev:UUID")],
+    numa: Annotated[Optional[int], typer.Option("--numa", help="Pick devices on this NUMA node.")] = None,
+    numa_policy: Annotated[str, typer.Option("--numa-policy", help="strict (fail) or prefer (fall back).")] = "strict",
+    vm_uuid: Annotated[Optional[str], typer.Option("--uuid", help="The VM's UUID, recorded.")] = None,
+    no_bind: Annotated[bool, typer.Option("--no-bind", help="Record only; do not move PCI devices to vfio-pci.")] = False,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Give devices to a VM: claimed atomically (never two VMs), PCI groups taken over for vfio-pci.
+
+    Examples: `passthru assign vm1 0000:86:00.0`, `passthru assign vm1 gpu --numa 1`,
+    `passthru assign vm1 usb:0403:6001 serial:/dev/ttyS4`.
+    """
+    from .inventory.service import assign as do_assign
+
+    c: _Ctx = ctx.obj
+    res = do_assign(c, vm, specs, numa=numa, numa_policy=numa_policy, vm_uuid=vm_uuid, bind=not no_bind)
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    for a in res.assignments:
+        print(f"{vm}: {a.device} {a.state}")
+    for b in res.bound:
+        print(f"{b}: now on vfio-pci")
+
+
+@app.command()
+def release(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(help="VM name.")],
+    specs: Annotated[Optional[list[str]], typer.Argument(metavar="[SPEC...]", help="Default: all its devices.")] = None,
+    restore: Annotated[bool, typer.Option("--restore", help="Give PCI devices back to their host drivers.")] = False,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Take devices away from a VM's record (all of them, or the SPECs). Examples: `passthru release vm1`,
+    `passthru release vm1 0000:86:00.0 --restore`."""
+    from .inventory.service import release as do_release
+
+    c: _Ctx = ctx.obj
+    out = do_release(c, vm, specs or None, restore=restore)
+    if as_json:
+        _emit_json({"schema": 1, "vm": vm, "released": [a.device for a in out]})
+        return
+    for a in out:
+        print(f"{vm}: {a.device} released")
+
+
+@app.command()
+def assignments(
+    ctx: typer.Context,
+    vm: Annotated[Optional[str], typer.Argument(help="Only this VM.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include released assignments.")] = False,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Who holds what. Example: `passthru assignments --json`."""
+    from .inventory.service import _assignment_json, open_store
+
+    c: _Ctx = ctx.obj
+    rows = open_store(c).assignments(vm, active=not all_)
+    if as_json:
+        _emit_json({"schema": 1, "assignments": [_assignment_json(a) for a in rows]})
+        return
+    con = _console()
+    if not rows:
+        con.print("no assignments", markup=False)
+    for a in rows:
+        con.print(f"{a.vm}  {a.device}  {a.state}  since {a.created}", markup=False)
+
+
+def _attachments(c: _Ctx, vm: str, x_vga: list[str], romfile: list[str], rombar_off: list[str], serial_bus: str):
+    from .host.pci import normalize_address
+    from .inventory.service import open_store
+    from .vm.build import AttachOptions, attachments_for
+
+    def addr(t: str) -> str:
+        try:
+            return normalize_address(t)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    roms = {}
+    for item in romfile:
+        a, sep, path = item.partition("=")
+        if not sep or not path:
+            raise UsageError(f"--romfile {item!r}: use ADDRESS=FILE, e.g. 0000:86:00.0=/var/lib/passthru/gpu.rom")
+        roms[addr(a)] = path
+    if serial_bus not in ("pci", "isa"):
+        raise UsageError(f"--serial-bus {serial_bus!r}: pci or isa")
+    store = open_store(c)
+    held = {a.device for a in store.assignments(vm)}
+    if not held:
+        raise UsageError(f"VM {vm!r} holds no devices: `passthru assign {vm} SPEC` first")
+    devices = [d for d in store.devices() if d["identity"] in held]
+    opts = AttachOptions(x_vga=frozenset(addr(a) for a in x_vga), romfile=roms,
+                         rombar_off=frozenset(addr(a) for a in rombar_off), serial_bus=serial_bus)
+    return attachments_for(c.host, devices, opts)
+
+
+_XVGA = typer.Option("--x-vga", metavar="ADDRESS", help="Primary display GPU (x-vga=on).")
+_ROM = typer.Option("--romfile", metavar="ADDRESS=FILE", help="ROM image for a device.")
+_ROMBAR = typer.Option("--rombar-off", metavar="ADDRESS", help="Hide the device's ROM BAR.")
+_SERBUS = typer.Option("--serial-bus", help="pci (pci-serial) or isa (isa-serial).")
+
+
+@app.command("qemu-args")
+def qemu_args(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(help="VM name.")],
+    machine: Annotated[str, typer.Option("--machine", help="q35 or pc.")] = "q35",
+    x_vga: Annotated[list[str], _XVGA] = [],  # noqa: B006 - typer needs a literal default
+    romfile: Annotated[list[str], _ROM] = [],  # noqa: B006
+    rombar_off: Annotated[list[str], _ROMBAR] = [],  # noqa: B006
+    serial_bus: Annotated[str, _SERBUS] = "pci",
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """QEMU arguments for the VM's devices (one pcie-root-port each on q35; a GPU and its audio in one slot).
+
+    Example: `qemu-system-x86_64 ... $(passthru qemu-args vm1)`.
+    """
+    import shlex
+
+    from .vm.qemu import qemu_args as render
+
+    c: _Ctx = ctx.obj
+    out = render(_attachments(c, vm, x_vga, romfile, rombar_off, serial_bus), machine=machine)
+    if as_json:
+        _emit_json(out.to_json())
+        return
+    print(" ".join(shlex.quote(a) for a in out.argv))
+    for n in out.notes:
+        print(f"# note: {n}", file=__import__("sys").stderr)
+
+
+@app.command("libvirt-xml")
+def libvirt_xml(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(help="VM name.")],
+    machine: Annotated[str, typer.Option("--machine", help="q35 or pc.")] = "q35",
+    x_vga: Annotated[list[str], _XVGA] = [],  # noqa: B006
+    romfile: Annotated[list[str], _ROM] = [],  # noqa: B006
+    rombar_off: Annotated[list[str], _ROMBAR] = [],  # noqa: B006
+    serial_bus: Annotated[str, _SERBUS] = "pci",
+) -> None:
+    """libvirt <hostdev>/<serial> elements for the VM's devices (paste into <devices>, or `virsh attach-device`).
+
+    Example: `passthru libvirt-xml vm1 > vm1-devices.xml`.
+    """
+    from .vm.libvirt import libvirt_xml as render
+    from .vm.libvirt import qemu_override_xml
+
+    c: _Ctx = ctx.obj
+    atts = _attachments(c, vm, x_vga, romfile, rombar_off, serial_bus)
+    print(render(atts, machine=machine))
+    override = qemu_override_xml(atts)
+    if override:
+        print("<!-- x-vga: libvirt >= 8.2.0; put this in <domain xmlns:qemu="
+              "'http://libvirt.org/schemas/domain/qemu/1.0'> -->")
+        print(override)
+
+
+@app.command()
+def attach(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(help="VM name.")],
+    specs: Annotated[list[str], typer.Argument(metavar="SPEC...")],
+    qmp: Annotated[str, typer.Option("--qmp", metavar="SOCKET", help="The running VM's QMP socket.")],
+    port: Annotated[Optional[str], typer.Option("--port", help="pcie-root-port id to use.")] = None,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Hot-plug devices into a running VM over QMP (assigning them first if needed).
+
+    Example: `passthru attach vm1 0000:86:00.0 --qmp /run/vm1.qmp`.
+    """
+    from .inventory.service import attach as do_attach
+
+    c: _Ctx = ctx.obj
+    res = do_attach(c, vm, specs, qmp, port=port)
+    if as_json:
+        _emit_json({"schema": 1, "vm": vm, "attached": res})
+        return
+    for r in res:
+        print(f"{vm}: attached {', '.join(r['ids'])}" + (f" on {r['port']}" if r.get("port") else ""))
+
+
+@app.command()
+def detach(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(help="VM name.")],
+    specs: Annotated[list[str], typer.Argument(metavar="SPEC...")],
+    qmp: Annotated[str, typer.Option("--qmp", metavar="SOCKET", help="The running VM's QMP socket.")],
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the assignment (reserved) after unplugging.")] = False,
+    as_json: Annotated[bool, _JSON] = False,
+) -> None:
+    """Hot-unplug devices from a running VM (waits for QEMU's DEVICE_DELETED), then release them.
+
+    Example: `passthru detach vm1 0000:86:00.0 --qmp /run/vm1.qmp`.
+    """
+    from .inventory.service import detach as do_detach
+
+    c: _Ctx = ctx.obj
+    res = do_detach(c, vm, specs, qmp, keep=keep)
+    if as_json:
+        _emit_json({"schema": 1, "vm": vm, "detached": res})
+        return
+    for r in res:
+        print(f"{vm}: detached {', '.join(r['ids'])}")

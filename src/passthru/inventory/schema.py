@@ -1,0 +1,136 @@
+"""The inventory's tables (as the code reads them now) and the versioned migrations that build them.
+
+Tables::
+
+    devices      identity (PK: "pci:0000:86:00.0", "usb:1-1.3", "serial:/dev/ttyS1", "mdev:<uuid>"), bus, kind,
+                 vendor_id, device_id, serial, numa_node, iommu_group, parent (PF / mdev parent identity), name,
+                 state ("present" | "lost"), first_seen, last_seen (last sync that saw it), changed
+    models       name (PK), vendor_id, device_id (unique pair), kind, description, created
+    assignments  id, vm, vm_uuid, device (FK devices.identity), state (reserved | attached | released),
+                 created, updated, released
+    audit        id, time, action, device, vm, detail (JSON), actor (JSON: uid, user, sudo_user, pid)
+    schema_migrations  version (PK), name, applied
+
+"Never two holders" is a database rule, not only a check in the code: ``uq_assignments_active_device`` is a partial
+unique index on ``assignments(device) WHERE state IN ('reserved','attached')`` (SQLite and PostgreSQL both have
+partial indexes). Times are ISO-8601 UTC text with microseconds (fixed width, so text order is time order).
+
+Migrations are plain functions, one per version, applied in order inside one write transaction (SQLite and
+PostgreSQL both have transactional DDL, so a failed upgrade leaves the previous version intact) and recorded in
+``schema_migrations``. A migration's DDL is frozen in the migration (it never reads the current ``Table``
+objects' columns), so a database made by any older passthru upgrades through the same steps.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import (JSON, Column, Connection, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint, text)
+
+__all__ = ["metadata", "devices", "models", "assignments", "audit", "schema_migrations", "MIGRATIONS", "LATEST",
+           "ACTIVE_STATES", "ACTIVE_SQL"]
+
+ACTIVE_STATES = ("reserved", "attached")
+ACTIVE_SQL = "state IN ('reserved', 'attached')"
+_TS = 32  # "2026-11-25T10:00:00.123456Z"
+
+
+def _tables(md: MetaData) -> tuple[Table, Table, Table, Table]:
+    """The v1 tables. Frozen: later versions change the schema in their own migration, never here."""
+    dev = Table(
+        "devices", md,
+        Column("identity", String(255), primary_key=True),
+        Column("bus", String(16), nullable=False),
+        Column("kind", String(64), nullable=False),
+        Column("vendor_id", Integer),
+        Column("device_id", Integer),
+        Column("serial", String(255)),
+        Column("numa_node", Integer),
+        Column("iommu_group", Integer),
+        Column("parent", String(255)),
+        Column("name", String(255)),
+        Column("state", String(16), nullable=False),
+        Column("first_seen", String(_TS), nullable=False),
+        Column("last_seen", String(_TS), nullable=False),
+        Column("changed", String(_TS), nullable=False),
+    )
+    mod = Table(
+        "models", md,
+        Column("name", String(64), primary_key=True),
+        Column("vendor_id", Integer, nullable=False),
+        Column("device_id", Integer, nullable=False),
+        Column("kind", String(64), nullable=False),
+        Column("description", Text),
+        Column("created", String(_TS), nullable=False),
+        UniqueConstraint("vendor_id", "device_id", name="uq_models_ids"),
+    )
+    asg = Table(
+        "assignments", md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("vm", String(255), nullable=False),
+        Column("vm_uuid", String(64)),
+        Column("device", String(255), ForeignKey("devices.identity"), nullable=False),
+        Column("state", String(16), nullable=False),
+        Column("created", String(_TS), nullable=False),
+        Column("updated", String(_TS), nullable=False),
+        Column("released", String(_TS)),
+        Index("uq_assignments_active_device", "device", unique=True,
+              sqlite_where=text(ACTIVE_SQL), postgresql_where=text(ACTIVE_SQL)),
+        # the partial index only serves queries whose WHERE repeats its literal predicate; lookups with bound
+        # parameters use this one
+        Index("ix_assignments_device_state", "device", "state"),
+    )
+    aud = Table(
+        "audit", md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("time", String(_TS), nullable=False),
+        Column("action", String(64), nullable=False),
+        Column("device", String(255)),
+        Column("vm", String(255)),
+        Column("detail", JSON),
+        Column("actor", JSON),
+    )
+    return dev, mod, asg, aud
+
+
+def _v2_indexes(dev: Table, asg: Table) -> list[Index]:
+    """v2: indexes for per-VM listings and for the PF/VF and IOMMU-group exclusivity lookups."""
+    return [
+        Index("ix_assignments_vm_state", asg.c.vm, asg.c.state),
+        Index("ix_devices_parent", dev.c.parent),
+        Index("ix_devices_iommu_group", dev.c.iommu_group),
+    ]
+
+
+# -- the current schema, as queries see it ------------------------------------------------------------------------
+metadata = MetaData()
+devices, models, assignments, audit = _tables(metadata)
+_v2_indexes(devices, assignments)  # attach to the current tables (Index binds itself to its table's metadata)
+
+schema_migrations = Table(
+    "schema_migrations", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(255), nullable=False),
+    Column("applied", String(_TS), nullable=False),
+)
+
+
+# -- migrations ---------------------------------------------------------------------------------------------------
+def _m1(conn: Connection) -> None:
+    md = MetaData()
+    for t in _tables(md):
+        t.create(conn)
+
+
+def _m2(conn: Connection) -> None:
+    dev, _mod, asg, _aud = _tables(MetaData())  # frozen v1 shapes: only names matter for CREATE INDEX
+    for ix in _v2_indexes(dev, asg):
+        ix.create(conn)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "devices, models, assignments, audit", _m1),
+    (2, "indexes: assignments(vm,state), devices(parent), devices(iommu_group)", _m2),
+]
+LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,317 @@
+"""Assigning devices to VMs: specs -> inventory identities -> atomic claims -> vfio-pci takeover of PCI groups.
+
+The store decides who holds what (never two VMs); the takeover moves PCI devices to vfio-pci. An assignment is
+all-or-nothing: when a claim or a bind fails, what this call claimed is released and what it bound is given back.
+
+    res = assign(session, "vm1", ["gpu", "usb:1-1.3"], numa=1)
+    release(session, "vm1")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..commands import Session
+from ..config import BUILTIN_KINDS
+from ..discovery import Inventory
+from ..errors import NotFoundError, PassthruError, UsageError
+from ..host.iommu import is_vfio_driver
+from .records import records_from
+from .spec import Spec, parse_spec
+from .store import Assignment, ClaimError, Store
+
+__all__ = ["AssignResult", "open_store", "sync", "assign", "release", "attach", "detach", "pci_addresses"]
+
+
+@dataclass(slots=True)
+class AssignResult:
+    vm: str
+    assignments: list[Assignment] = field(default_factory=list)
+    bound: list[str] = field(default_factory=list)  # PCI addresses this call moved to vfio-pci
+
+    def to_json(self) -> dict:
+        return {"schema": 1, "vm": self.vm, "assignments": [_assignment_json(a) for a in self.assignments],
+                "bound": self.bound}
+
+
+def _assignment_json(a: Assignment) -> dict:
+    return {"id": a.id, "vm": a.vm, "vm_uuid": a.vm_uuid, "device": a.device, "state": a.state,
+            "created": a.created, "updated": a.updated, "released": a.released}
+
+
+def open_store(s: Session) -> Store:
+    return Store(paths=s.paths)
+
+
+def sync(s: Session, store: Store) -> Inventory:
+    """Discover the host, mirror models.toml into the store and record what is present (and what went missing)."""
+    inv = s.inventory()
+    have = {m["name"]: m for m in store.models()}
+    for m in s.models():
+        old = have.pop(m.name, None)
+        if old and (old["vendor_id"], old["device_id"], old["kind"]) == (m.vendor_id, m.device_id, m.kind):
+            continue
+        if old:
+            store.remove_model(m.name, force=True)
+        store.add_model(m.name, m.vendor_id, m.device_id, m.kind, m.description)
+    for name in have:
+        store.remove_model(name, force=True)
+    store.sync_devices(records_from(inv))
+    return inv
+
+
+def pci_addresses(identities: list[str]) -> list[str]:
+    return [i[4:] for i in identities if i.startswith("pci:")]
+
+
+def _group_identities(inv: Inventory, address: str) -> list[str]:
+    """The device and the other endpoints of its IOMMU group: they go to a VM together."""
+    mates = [f.address for f in inv.group_mates(address) if not f.is_bridge]
+    return [f"pci:{a}" for a in [address, *sorted(mates)]]
+
+
+def _resolve(inv: Inventory, store: Store, spec: Spec) -> list[str]:
+    """Identities a direct spec names (a PCI address brings its group); [] for specs that pick a free device."""
+    if spec.form == "pci":
+        fn = inv.pci_function(spec.value)
+        if fn is None:
+            raise NotFoundError(f"{spec.value}: no such PCI device on this host (`passthru devices` lists them)")
+        if fn.is_bridge:
+            raise UsageError(f"{spec.value} is a PCI bridge/port: assign the devices behind it")
+        return _group_identities(inv, spec.value)
+    if spec.form in ("usb-port", "serial", "mdev"):
+        ident = spec.identity
+        known = {d["identity"]: d for d in store.devices()}
+        if ident not in known:
+            why = ""
+            if spec.form == "serial":
+                port = next((p for p in inv.serial if p.device == spec.value), None)
+                if port is not None and port.console:
+                    why = f": {spec.value} is a console of this host and is never offered"
+                elif port is not None and port.ghost:
+                    why = f": {spec.value} has no UART behind it (a ghost port)"
+            if spec.form == "usb-port" and spec.value.startswith("usb"):
+                why = ": root hubs are never offered"
+            raise NotFoundError(f"{spec.text}: not an assignable device on this host{why}"
+                                + ("" if why else " (`passthru devices` lists them)"))
+        return [ident]
+    return []
+
+
+def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], numa: int | None, policy: str,
+          vm_uuid: str | None) -> Assignment:
+    if spec.form == "usb-id":
+        vid, pid, *serial = spec.value.split(":", 2)
+        cands = [d for d in store.devices(kind="usb", state="present")
+                 if (d["vendor_id"], d["device_id"]) == (int(vid, 16), int(pid, 16))
+                 and (not serial or d["serial"] == serial[0])]
+        if not cands:
+            raise NotFoundError(f"{spec.text}: no such USB device is plugged in (`passthru usb` lists them)")
+        last: ClaimError | None = None
+        for d in cands:
+            try:
+                return store.claim(vm, [d["identity"]], vm_uuid=vm_uuid)[0]
+            except ClaimError as e:
+                last = e
+        assert last is not None
+        raise ClaimError(f"no free device for {spec.text}: {last}")
+    if spec.value in models:
+        by = {"model": spec.value}
+    elif spec.value in BUILTIN_KINDS or spec.value in {d["kind"] for d in store.devices()}:
+        by = {"kind": spec.value}
+    else:
+        raise UsageError(f"{spec.text!r} is neither a device kind ({', '.join(BUILTIN_KINDS)}) nor a model "
+                     "(`passthru model list`)")
+    # a device the host uses (a mounted disk, a NIC with an address, its console) is never picked: hold each such
+    # pick aside while asking again, then let go of them
+    aside: list[Assignment] = []
+    try:
+        while True:
+            try:
+                a = store.claim_any(vm, numa=numa, numa_policy=policy, vm_uuid=vm_uuid, **by)
+            except ClaimError as e:
+                if aside:
+                    raise ClaimError(f"{e}; skipped because the host uses them: "
+                                     f"{', '.join(x.device for x in aside)}") from None
+                raise
+            if a.device.startswith("pci:") and _host_uses(inv, a.device[4:]):
+                aside.append(a)
+                continue
+            return a
+    finally:
+        for x in aside:
+            store.release(vm, x.device)
+
+
+def _host_uses(inv: Inventory, address: str) -> bool:
+    from ..host.usage import host_uses
+
+    addrs = [address] + [f.address for f in inv.group_mates(address) if not f.is_bridge]
+    return any(host_uses(inv.root, addrs).values())
+
+
+def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, numa_policy: str = "strict",
+           vm_uuid: str | None = None, bind: bool = True, kernel: object | None = None) -> AssignResult:
+    """Claim the devices ``texts`` name for ``vm`` and take their PCI groups over for vfio-pci."""
+    if not vm or not vm.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UsageError(f"VM name {vm!r}: use letters, digits, '-', '_' or '.'")
+    if numa_policy not in ("strict", "prefer"):
+        raise UsageError(f"--numa-policy {numa_policy!r}: strict or prefer")
+    specs = [parse_spec(t) for t in texts]
+    if not specs:
+        raise UsageError("name at least one device: a PCI address, a kind (gpu), a model, usb:..., serial:...")
+    store = open_store(s)
+    inv = sync(s, store)
+    models = {m.name for m in s.models()}
+    direct: list[str] = []
+    for spec in specs:
+        for ident in _resolve(inv, store, spec):
+            if ident not in direct:
+                direct.append(ident)
+    res = AssignResult(vm)
+    claimed: list[Assignment] = []
+    try:
+        if direct:
+            claimed += store.claim(vm, direct, vm_uuid=vm_uuid)
+        for spec in specs:
+            if spec.form in ("name", "usb-id"):
+                a = _pick(store, inv, vm, spec, models, numa, numa_policy, vm_uuid)
+                claimed.append(a)
+                if a.device.startswith("pci:"):  # its group comes along
+                    rest = [i for i in _group_identities(inv, a.device[4:]) if i != a.device]
+                    if rest:
+                        claimed += store.claim(vm, rest, vm_uuid=vm_uuid)
+        res.assignments = _dedupe(claimed)
+        addrs = pci_addresses([a.device for a in res.assignments])
+        todo = [a for a in addrs if not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
+        if bind and todo:
+            from ..vfio import bind as vfio_bind
+
+            out = vfio_bind(s.host, s.paths, todo, group=True, kernel=kernel)  # type: ignore[arg-type]
+            res.bound = [d.address for d in out.devices if d.status == "changed"]
+    except BaseException:
+        for a in _dedupe(claimed):
+            try:
+                store.release(vm, a.device)
+            except PassthruError:
+                pass
+        raise
+    store.audit("assign", None, vm, {"devices": [a.device for a in res.assignments], "bound": res.bound})
+    return res
+
+
+class _NoFn:
+    driver = None
+
+
+def _dedupe(items: list[Assignment]) -> list[Assignment]:
+    seen: dict[str, Assignment] = {}
+    for a in items:
+        seen.setdefault(a.device, a)
+    return list(seen.values())
+
+
+def release(s: Session, vm: str, texts: list[str] | None = None, *, restore: bool = False,
+            kernel: object | None = None) -> list[Assignment]:
+    """Release the VM's devices (all, or those ``texts`` name; a PCI device's group mates go too). With
+    ``restore``, PCI devices go back to their host drivers; otherwise they stay on vfio-pci for the next VM."""
+    store = open_store(s)
+    held = {a.device: a for a in store.assignments(vm)}
+    if not held:
+        raise NotFoundError(f"VM {vm!r} holds no devices (`passthru assignments` lists who holds what)")
+    idents = list(held) if texts is None else _held(s, store, vm, held, texts)
+    out: list[Assignment] = []
+    for ident in idents:
+        out += store.release(vm, ident)
+    if restore:
+        from ..vfio import Store as Holdings
+        from ..vfio import restore as vfio_restore
+
+        mine = {h.address for h in Holdings(s.paths).holdings()}
+        addrs = [a for a in pci_addresses(idents) if a in mine]
+        if addrs:
+            vfio_restore(s.host, s.paths, addrs, kernel=kernel)  # type: ignore[arg-type]
+    store.audit("release", None, vm, {"devices": idents, "restored": restore})
+    return out
+
+
+def _held(s: Session, store: Store, vm: str, held: dict[str, Assignment], texts: list[str]) -> list[str]:
+    """The identities ``texts`` name among what ``vm`` holds (a PCI address brings its held group mates)."""
+    idents: list[str] = []
+    for spec in (parse_spec(t) for t in texts):
+        if spec.form == "pci":
+            want = [i for i in _group_identities(s.inventory(), spec.value) if i in held] or [f"pci:{spec.value}"]
+        elif spec.identity:
+            want = [spec.identity]
+        else:
+            want = [d for d in held if _matches(store, d, spec)]
+        if not want or any(w not in held for w in want):
+            raise NotFoundError(f"{spec.text}: VM {vm!r} does not hold it (it holds {', '.join(sorted(held))})")
+        idents += [w for w in want if w not in idents]
+    return idents
+
+
+def _attachments_of(s: Session, store: Store, idents: list[str]):
+    from ..vm.build import attachments_for
+
+    rows = [d for d in store.devices() if d["identity"] in set(idents)]
+    return attachments_for(s.host, rows)
+
+
+def attach(s: Session, vm: str, texts: list[str], socket: str, *, port: str | None = None) -> list[dict]:
+    """Hot-plug into the running VM behind ``socket``: assign first what the VM does not hold yet, then one
+    attachment at a time over QMP; each attached device's assignment becomes "attached"."""
+    from ..vm.qmp import attach as qmp_attach
+
+    store = open_store(s)
+    held = {a.device: a for a in store.assignments(vm)}
+    try:
+        idents = _held(s, store, vm, held, texts)
+    except NotFoundError:
+        assign(s, vm, texts)
+        held = {a.device: a for a in store.assignments(vm)}
+        idents = _held(s, store, vm, held, texts)
+    out = []
+    for att in _attachments_of(s, store, idents):
+        res = qmp_attach(socket, att, port=port)
+        for ident in _att_identities(att):
+            store.set_state(vm, ident, "attached")
+        store.audit("attach", None, vm, {"ids": res.get("ids"), "port": res.get("port")})
+        out.append(res)
+    return out
+
+
+def detach(s: Session, vm: str, texts: list[str], socket: str, *, keep: bool = False) -> list[dict]:
+    """Hot-unplug from the running VM (waits for DEVICE_DELETED), then release (or, with ``keep``, keep reserved)."""
+    from ..vm.qmp import detach as qmp_detach
+
+    store = open_store(s)
+    held = {a.device: a for a in store.assignments(vm)}
+    idents = _held(s, store, vm, held, texts)
+    out = []
+    for att in _attachments_of(s, store, idents):
+        res = qmp_detach(socket, att)
+        for ident in _att_identities(att):
+            if keep:
+                if held[ident].state == "attached":
+                    store.set_state(vm, ident, "reserved")
+            else:
+                store.release(vm, ident)
+        store.audit("detach", None, vm, {"ids": res.get("ids"), "kept": keep})
+        out.append(res)
+    return out
+
+
+def _att_identities(att) -> list[str]:
+    if att.kind == "pci":
+        return [f"pci:{a}" for a in att.functions]
+    if att.kind == "mdev":
+        return [f"mdev:{att.mdev_uuid}"]
+    if att.kind == "usb":
+        return [f"usb:{att.usb_bus}-{att.usb_port}"]
+    return [f"serial:{att.serial_path}"]
+
+
+def _matches(store: Store, identity: str, spec: Spec) -> bool:
+    d = next((x for x in store.devices() if x["identity"] == identity), None)
+    return d is not None and d["kind"] == spec.value

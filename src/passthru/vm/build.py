@@ -1,0 +1,100 @@
+"""A VM's assignments -> :class:`Attachment` objects (the neutral form vm/qemu.py, vm/libvirt.py and vm/qmp.py render).
+
+PCI functions of one physical slot (a GPU and its HDMI audio) become one attachment, host function order kept, so
+the guest sees them as functions of one device. Options the operator gives per device: ``x_vga`` (for GPUs that are
+the VM's primary display), ``romfile`` (checked for the 0x55AA signature), ``rombar`` off. Notes carry what the
+operator must add to the VM itself: a hidden hypervisor for NVIDIA consumer GPUs (room for large 64-bit BARs is
+worked out by the renderers from ``largest_bar``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+from ..host.pci import parse_address
+from ..host.root import HostRoot
+from .attachment import Attachment, check_rom, qdev_id
+
+__all__ = ["AttachOptions", "attachments_for", "largest_bar"]
+
+IORESOURCE_MEM = 0x00000200
+IORESOURCE_MEM_64 = 0x00100000
+NVIDIA = 0x10DE
+
+
+@dataclass(frozen=True, slots=True)
+class AttachOptions:
+    x_vga: frozenset[str] = frozenset()  # PCI addresses (function 0 of a slot) to give x-vga=on
+    romfile: dict[str, str] = field(default_factory=dict)  # address -> ROM file
+    rombar_off: frozenset[str] = frozenset()
+    serial_bus: str = "pci"  # "pci" | "isa"
+
+
+def largest_bar(h: HostRoot, address: str) -> int | None:
+    """Size in bytes of the function's largest 64-bit memory BAR, from sysfs ``resource`` (start end flags per
+    line; lines 0-5 are the BARs)."""
+    text = h.read(f"{h.sys}/bus/pci/devices/{address}/resource")
+    best = None
+    for line in (text or "").splitlines()[:6]:
+        try:
+            start, end, flags = (int(x, 16) for x in line.split()[:3])
+        except ValueError:
+            continue
+        if end > start and flags & IORESOURCE_MEM and flags & IORESOURCE_MEM_64:
+            size = end - start + 1
+            best = size if best is None or size > best else best
+    return best
+
+
+def _pci_attachments(h: HostRoot, addrs: list[str], kinds: dict[str, str], opts: AttachOptions) -> list[Attachment]:
+    slots: dict[str, list[str]] = {}
+    for a in sorted(addrs, key=parse_address):
+        slots.setdefault(parse_address(a).slot_name, []).append(a)
+    out = []
+    for fns in slots.values():
+        first = fns[0]
+        kind = kinds.get(first, "custom")
+        notes = []
+        vendor = h.read_hex(f"{h.sys}/bus/pci/devices/{first}/vendor")
+        cls = h.read_hex(f"{h.sys}/bus/pci/devices/{first}/class") or 0
+        if vendor == NVIDIA and cls >> 8 == 0x0300:
+            notes.append(f"{first}: NVIDIA GeForce drivers before R465 refuse to run in a VM they detect: hide "
+                         "the hypervisor with -cpu host,kvm=off (libvirt: <features><kvm><hidden state='on'/>"
+                         "</kvm></features>)")
+        bar = largest_bar(h, first)  # the renderers say when it needs a larger 64-bit MMIO window
+        rom = opts.romfile.get(first)
+        if rom is not None:
+            try:
+                check_rom(rom)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+        out.append(Attachment("pci", qdev_id("pt", first), kind, functions=tuple(fns), x_vga=first in opts.x_vga,
+                              romfile=rom, rombar=False if first in opts.rombar_off else None,
+                              largest_bar=bar, notes=tuple(notes)))
+    return out
+
+
+def attachments_for(h: HostRoot, devices: list[dict], opts: AttachOptions | None = None) -> list[Attachment]:
+    """Attachments for inventory device rows (``Store.devices()`` dicts of one VM's assignments)."""
+    opts = opts or AttachOptions()
+    pci = [d["identity"][4:] for d in devices if d["identity"].startswith("pci:")]
+    kinds = {d["identity"][4:]: d["kind"] for d in devices if d["identity"].startswith("pci:")}
+    unknown = (set(opts.x_vga) | set(opts.romfile) | set(opts.rombar_off)) - set(pci)
+    if unknown:
+        raise UsageError(f"{sorted(unknown)[0]}: options name a device the VM does not hold")
+    out = _pci_attachments(h, pci, kinds, opts)
+    for d in devices:
+        ident = d["identity"]
+        if ident.startswith("mdev:"):
+            out.append(Attachment("mdev", qdev_id("vgpu", ident[5:13]), "vgpu", mdev_uuid=ident[5:]))
+        elif ident.startswith("usb:"):
+            port_path = ident[4:]
+            bus, _, port = port_path.partition("-")
+            out.append(Attachment("usb", qdev_id("usb", port_path), d["kind"], usb_bus=int(bus), usb_port=port,
+                                  usb_vendor_id=d.get("vendor_id"), usb_product_id=d.get("device_id")))
+        elif ident.startswith("serial:"):
+            path = ident[7:]
+            out.append(Attachment("serial", qdev_id("ser", path.rsplit("/", 1)[-1]), "serial", serial_path=path,
+                                  serial_bus=opts.serial_bus))
+    return out
