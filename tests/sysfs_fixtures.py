@@ -42,6 +42,21 @@ def _gtx1080ti(b: SysfsBuilder, port: str, bus: int, driver: str | None, audio_d
     b.pci(f"0000:{bus:02x}:00.1", 0x10DE, 0x10EF, 0x040300, driver=audio_driver, bars=[("mem", 16 * 1024)], **common)
 
 
+def _bmc_vga_and_serial_card(b: SysfsBuilder, bmc_subsystem: tuple[int, int]) -> None:
+    """A Supermicro board's ASPEED BMC display (the boot VGA, behind its PCIe-to-PCI bridge) and an OXPCIe952
+    serial card on the chipset's root ports."""
+    b.bridge("0000:00:1c.0", device=0xA190, numa_node=0, revision=0xF9, link=("5.0 GT/s PCIe", 1))
+    b.bridge("0000:01:00.0", parent="0000:00:1c.0", kind="pcie_to_pci", vendor=0x1A03, device=0x1150,
+             numa_node=0, link=("5.0 GT/s PCIe", 1), revision=0x04)
+    b.pci("0000:02:00.0", 0x1A03, 0x2000, 0x030000, parent="0000:01:00.0", driver="ast", boot_vga=True,
+          numa_node=0, link=None, revision=0x41, subsystem=bmc_subsystem, reset_methods=(),
+          bars=[("mem", 16 * _MIB), ("mem", 128 * 1024), ("io", 128)])
+    b.bridge("0000:00:1c.4", device=0xA194, numa_node=0, revision=0xF9, link=("2.5 GT/s PCIe", 1))
+    b.pci("0000:03:00.0", 0x1415, 0xC158, 0x070002, parent="0000:00:1c.4", driver="serial", numa_node=0,
+          link=("2.5 GT/s PCIe", 1), subsystem=(0x1415, 0xC158), reset_methods=("pm",),
+          bars=[("mem", 16 * 1024), ("mem", 2 * _MIB)])
+
+
 def make_gpu_server(root: str | Path) -> SysfsBuilder:
     b = SysfsBuilder(root, nodes=2, cpus_per_node=16, auto_groups=True)
     b.iommu("intel", units=2, group_type="identity")
@@ -55,16 +70,7 @@ def make_gpu_server(root: str | Path) -> SysfsBuilder:
     b.pci("0000:00:14.0", 0x8086, 0xA1AF, 0x0C0330, driver="xhci_hcd", bars=[("mem64", 64 * 1024)], **chip)
     b.pci("0000:00:17.0", 0x8086, 0xA182, 0x010601, driver="ahci", bars=[("mem", 8192), ("mem", 256), ("io", 8),
                                                                           ("io", 4), ("io", 32), ("mem", 2048)], **chip)
-    b.bridge("0000:00:1c.0", device=0xA190, numa_node=0, revision=0xF9, link=("5.0 GT/s PCIe", 1))
-    b.bridge("0000:01:00.0", parent="0000:00:1c.0", kind="pcie_to_pci", vendor=0x1A03, device=0x1150,
-             numa_node=0, link=("5.0 GT/s PCIe", 1), revision=0x04)
-    b.pci("0000:02:00.0", 0x1A03, 0x2000, 0x030000, parent="0000:01:00.0", driver="ast", boot_vga=True,
-          numa_node=0, link=None, revision=0x41, subsystem=(0x15D9, 0x095D), reset_methods=(),
-          bars=[("mem", 16 * _MIB), ("mem", 128 * 1024), ("io", 128)])
-    b.bridge("0000:00:1c.4", device=0xA194, numa_node=0, revision=0xF9, link=("2.5 GT/s PCIe", 1))
-    b.pci("0000:03:00.0", 0x1415, 0xC158, 0x070002, parent="0000:00:1c.4", driver="serial", numa_node=0,
-          link=("2.5 GT/s PCIe", 1), subsystem=(0x1415, 0xC158), reset_methods=("pm",),
-          bars=[("mem", 16 * 1024), ("mem", 2 * _MIB)])
+    _bmc_vga_and_serial_card(b, bmc_subsystem=(0x15D9, 0x095D))
     b.pci("0000:00:1f.0", 0x8086, 0xA1C1, 0x060100, **chip)
     b.pci("0000:00:1f.2", 0x8086, 0xA1A1, 0x058000, bars=[("mem", 16 * 1024)], **chip)
     b.pci("0000:00:1f.4", 0x8086, 0xA1A3, 0x0C0500, driver="i801_smbus", bars=[("mem64", 256), ("io", 32)], **chip)
@@ -304,16 +310,7 @@ def make_busy_host(root: str | Path) -> SysfsBuilder:
     b.dm("vg0-root", ["md0"], sectors=400 << 21)  # dm-0
     b.dm("vg0-swap", ["md0"], sectors=8 << 21)  # dm-1
     # boot VGA: ASPEED BMC behind its PCIe-to-PCI bridge; PCI serial card with the serial console
-    b.bridge("0000:00:1c.0", device=0xA190, numa_node=0, revision=0xF9, link=("5.0 GT/s PCIe", 1))
-    b.bridge("0000:01:00.0", parent="0000:00:1c.0", kind="pcie_to_pci", vendor=0x1A03, device=0x1150,
-             numa_node=0, link=("5.0 GT/s PCIe", 1), revision=0x04)
-    b.pci("0000:02:00.0", 0x1A03, 0x2000, 0x030000, parent="0000:01:00.0", driver="ast", boot_vga=True,
-          numa_node=0, link=None, revision=0x41, subsystem=(0x15D9, 0x1B64), reset_methods=(),
-          bars=[("mem", 16 * _MIB), ("mem", 128 * 1024), ("io", 128)])
-    b.bridge("0000:00:1c.4", device=0xA194, numa_node=0, revision=0xF9, link=("2.5 GT/s PCIe", 1))
-    b.pci("0000:03:00.0", 0x1415, 0xC158, 0x070002, parent="0000:00:1c.4", driver="serial", numa_node=0,
-          link=("2.5 GT/s PCIe", 1), subsystem=(0x1415, 0xC158), reset_methods=("pm",),
-          bars=[("mem", 16 * 1024), ("mem", 2 * _MIB)])
+    _bmc_vga_and_serial_card(b, bmc_subsystem=(0x15D9, 0x1B64))
     b.pci("0000:00:1f.0", 0x8086, 0xA1C1, 0x060100, **chip)
     b.serial("ttyS0", backing="pnp", pnp_id="00:04", serial_base=True)
     b.serial("ttyS4", backing="pci", address="0000:03:00.0", irq=35, serial_base=True)

@@ -11,7 +11,20 @@ import os
 
 from .errors import HostError
 
-__all__ = ["write_atomic", "fsync_dir", "FileLock"]
+__all__ = ["write_atomic", "fsync_dir", "FileLock", "caller"]
+
+
+def caller() -> dict:
+    """Who is changing the host, for audit records: uid, user, the login behind sudo, pid and command line."""
+    import getpass
+    import sys
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"uid": os.getuid(), "user": user, "sudo_user": os.environ.get("SUDO_USER"), "pid": os.getpid(),
+            "cmd": " ".join(sys.argv[:8])[:300]}
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o644, uid: int | None = None, gid: int | None = None) -> None:

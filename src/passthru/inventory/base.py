@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
-import os
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -12,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, insert
 
 from ..errors import UsageError
+from ..statefs import caller
 from .schema import audit
 
 __all__ = ["Assignment", "ClaimError", "InvalidState", "STATES", "now", "actor", "write_audit"]
@@ -54,13 +52,8 @@ def now() -> str:
 
 
 def actor() -> dict:
-    """Who is writing: uid, user, the login behind sudo, pid and command line (like the takeover's audit log)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return {"uid": os.getuid(), "user": user, "sudo_user": os.environ.get("SUDO_USER"), "pid": os.getpid(),
-            "cmd": " ".join(sys.argv[:8])[:300]}
+    """Who is writing (the same record as the takeover's audit log)."""
+    return caller()
 
 
 def write_audit(c: Connection, who: dict, action: str, device: str | None, vm: str | None, detail: dict | None,

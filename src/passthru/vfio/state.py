@@ -13,17 +13,15 @@ Files are written to a temp file, fsynced and renamed (readers and crashes see o
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterator
 
 from ..config import Paths
 from ..errors import ConfigError
-from ..statefs import FileLock, fsync_dir, write_atomic
+from ..statefs import FileLock, caller, fsync_dir, write_atomic
 
 __all__ = ["Holding", "Store", "BINDING", "BOUND", "RESTORING"]
 
@@ -59,16 +57,6 @@ class Holding:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def caller() -> dict:
-    """Who made this change: uid, the login behind sudo, pid and command line."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return {"uid": os.getuid(), "user": user, "sudo_user": os.environ.get("SUDO_USER"), "pid": os.getpid(),
-            "cmd": " ".join(sys.argv[:8])[:300]}
 
 
 class Store:

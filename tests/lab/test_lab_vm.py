@@ -1,0 +1,101 @@
+"""Devices reaching VMs on a real kernel: a nested QEMU started from `passthru qemu-args` shows the vfio device in
+`query-pci`, and `passthru attach` / `detach` hot-plug a vfio device into a running QEMU over a real QMP socket."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .guest import GuestRun, in_guest
+
+pytestmark = pytest.mark.lab
+
+NICS = r"""
+nics=(/sys/bus/pci/drivers/e1000e/0000:*)
+drv() { local l; l=$(readlink /sys/bus/pci/devices/$1/driver) && basename "$l" || echo none; }
+"""
+
+
+def _replies(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _pci_devices(replies: list[dict]) -> list[dict]:
+    out = []
+
+    def walk(devs: list[dict]) -> None:
+        for d in devs:
+            out.append(d)
+            walk((d.get("pci_bridge") or {}).get("devices", []))
+
+    for r in replies:
+        if isinstance(r.get("return"), list) and r["return"] and "devices" in r["return"][0]:
+            for bus in r["return"]:
+                walk(bus["devices"])
+    return out
+
+
+@in_guest(NICS + r"""
+nic=${nics[0]##*/}; echo $nic > nic.txt
+passthru assign vm1 $nic --json > assign.json
+drv $nic > driver.assigned
+passthru qemu-args vm1 > args.txt
+passthru libvirt-xml vm1 > vm1.xml
+# the VM: firmware numbers the root port's bus, then query-pci lists the device behind it
+{ echo '{"execute":"qmp_capabilities"}'; sleep 25; echo '{"execute":"query-pci"}'; echo '{"execute":"quit"}'; } |
+    timeout 120 qemu-system-x86_64 -accel tcg -M q35 -m 256 -nodefaults -display none $(cat args.txt) \
+        -qmp stdio > qmp.out 2> qmp.err
+passthru assignments vm1 --json > assignments.json
+passthru release vm1 --restore --json > release.json
+drv $nic > driver.released
+""", timeout=240)
+def test_a_vm_started_from_qemu_args_sees_the_device(guest: GuestRun):
+    guest.check()
+    nic = guest.file("nic.txt").strip()
+    assert [a["device"] for a in guest.json("assign.json")["assignments"]] == [f"pci:{nic}"]
+    assert guest.json("assign.json")["bound"] == [nic] and guest.file("driver.assigned").strip() == "vfio-pci"
+    args = guest.file("args.txt")
+    assert f"host={nic}" in args and "pcie-root-port" in args
+    devices = _pci_devices(_replies(guest.file("qmp.out")))
+    mine = [d for d in devices if d.get("qdev_id") == "pt-" + nic.replace(":", "-").replace(".", "-")]
+    assert mine, guest.file("qmp.out")[-2000:] + guest.file("qmp.err")
+    assert (mine[0]["id"]["vendor"], mine[0]["id"]["device"]) == (0x8086, 0x10D3)  # the e1000e, seen by the VM
+    assert "<hostdev" in guest.file("vm1.xml") and "managed=\"no\"" in guest.file("vm1.xml")
+    assert [a["state"] for a in guest.json("assignments.json")["assignments"]] == ["reserved"]
+    assert guest.json("release.json")["released"] == [f"pci:{nic}"]
+    assert guest.file("driver.released").strip() == "e1000e"
+
+
+@in_guest(NICS + r"""
+nic=${nics[0]##*/}; echo $nic > nic.txt
+sock=/tmp/vm2.qmp
+qemu-system-x86_64 -accel tcg -M q35 -m 256 -nodefaults -display none -S \
+    -global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off \
+    -device pcie-root-port,id=rp1,chassis=1 -device pcie-root-port,id=rp2,chassis=2 \
+    -qmp unix:$sock,server=on,wait=off > qemu.out 2>&1 & qpid=$!
+for i in $(seq 100); do [ -S $sock ] && break; sleep 0.1; done
+passthru attach vm2 $nic --qmp $sock --json > attach.json
+passthru assignments vm2 --json > attached.json
+drv $nic > driver.attached
+passthru detach vm2 $nic --qmp $sock --json > detach.json
+passthru assignments vm2 --all --json > detached.json
+rc=0; passthru detach vm2 $nic --qmp $sock > again.out 2> again.err || rc=$?; echo $rc > again.rc
+kill $qpid; wait $qpid 2>/dev/null || true
+passthru restore $nic > /dev/null
+drv $nic > driver.end
+""", timeout=240)
+def test_attach_and_detach_over_qmp(guest: GuestRun):
+    guest.check()
+    nic = guest.file("nic.txt").strip()
+    qid = "pt-" + nic.replace(":", "-").replace(".", "-")
+    att = guest.json("attach.json")["attached"]
+    assert att[0]["ids"] == [qid] and att[0]["port"] in ("rp1", "rp2")
+    assert [(a["device"], a["state"]) for a in guest.json("attached.json")["assignments"]] == [
+        (f"pci:{nic}", "attached")]
+    assert guest.file("driver.attached").strip() == "vfio-pci"
+    assert guest.json("detach.json")["detached"][0]["ids"] == [qid]
+    rows = guest.json("detached.json")["assignments"]
+    assert [(a["device"], a["state"]) for a in rows] == [(f"pci:{nic}", "released")]
+    assert int(guest.file("again.rc")) == 2  # nothing held any more: a clear error, not a hang
+    assert guest.file("driver.end").strip() == "e1000e"
