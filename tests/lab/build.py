@@ -5,7 +5,8 @@ Cache layout (``PASSTHRU_LAB_CACHE``, default ``/var/cache/passthru-lab``)::
     kernel-<version>/                 one unpacked Debian kernel package per version
         linux-image-<version>_*.deb   the downloaded package (kept: a rebuild never downloads again)
         root/boot/vmlinuz-<version>
-        root/lib/modules/<version>/   depmod'ed; the guest's /lib/modules/<version> points here (through 9p)
+        root/lib/modules/<version>/   depmod'ed; the guest's /lib/modules/<version> points here (through 9p);
+                                      extra/ holds mtty and netdevsim (tests/lab/extra_modules.py)
         .complete                     written last: a half-built directory is never used
     initramfs-<version>-<hash>.cpio.gz   hash over init.sh, the module files and busybox: edit init.sh, get a new one
     runs/                             per-run directories of tests/lab/vm.py (disk image, shared out dir)
@@ -36,6 +37,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    from .extra_modules import ensure_extra_modules
+except ImportError:  # run as a script: python tests/lab/build.py
+    from extra_modules import ensure_extra_modules  # type: ignore[no-redef]
 
 __all__ = ["LabImage", "LabBuildError", "cache_dir", "ensure_built", "resolve_kernel_version", "MODULES"]
 
@@ -327,6 +333,11 @@ def ensure_built(cache: Path | None = None) -> LabImage:
             version = resolve_kernel_version(cache)
             kdir = _ensure_kernel(cache, version)
         moddir = kdir / "root" / "lib" / "modules" / version
+        try:
+            ensure_extra_modules(kdir, version, _run, log)
+        except (LabBuildError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+            raise LabBuildError(f"building the lab's extra modules (mtty, netdevsim) failed: {e}; they need gcc, "
+                                "make and xz-utils (bash scripts/install.sh --test installs them)") from e
         initramfs = _ensure_initramfs(cache, version, moddir)
     return LabImage(version=version, kernel=kdir / "root" / "boot" / f"vmlinuz-{version}", initramfs=initramfs,
                     moddir=moddir, cache=cache)

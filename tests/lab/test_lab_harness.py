@@ -173,3 +173,18 @@ def test_lab_env_var_selects_the_venv(monkeypatch, tmp_path):
     monkeypatch.delenv("PASSTHRU_LAB_VENV")
     repo_venv = Path(__file__).resolve().parents[2] / ".venv"
     assert find_venv() == (repo_venv if (repo_venv / "bin" / "python").exists() else Path(sys.prefix))
+
+
+@in_guest("""
+    modprobe vfio; modprobe vfio_iommu_type1; modprobe mdev; modprobe mtty
+    ls /sys/class/mdev_bus/mtty/mdev_supported_types > mtty-types.txt
+    modprobe psample; modprobe netdevsim
+    echo "1 1" > /sys/bus/netdevsim/new_device
+    ls /sys/bus/netdevsim/devices > nsim.txt
+    cat /sys/bus/netdevsim/devices/netdevsim1/sriov_numvfs > nsim-numvfs.txt
+""", boot="extra-modules")
+def test_the_lab_builds_and_loads_mtty_and_netdevsim(guest):
+    guest.check()
+    assert guest.file("mtty-types.txt").split() == ["mtty-1", "mtty-2"]
+    assert guest.file("nsim.txt").split() == ["netdevsim1"]
+    assert int(guest.file("nsim-numvfs.txt")) == 0  # SR-IOV capable, no VFs yet

@@ -1,0 +1,5 @@
+"""Device kinds: see base.py."""
+
+from .base import KINDS, DeviceKind, kind_for, register
+
+__all__ = ["DeviceKind", "KINDS", "kind_for", "register"]

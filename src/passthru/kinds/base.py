@@ -1,0 +1,45 @@
+"""One module per device kind (gpu, vgpu, nic_vf, nvme, usb, serial, custom) behind one small interface.
+
+A kind knows what is special about its devices; the generic machinery (discovery, takeover, inventory, vm/) does the
+rest. Hooks have no-op defaults, so a kind implements only what it needs:
+
+    checks(h, device)            doctor findings for one device of this kind (read-only)
+    before_assign(h, paths, vm, identity, options) -> dict | None
+                                 host configuration a VM's assignment needs (a VF's MAC/VLAN, a vGPU type); returns
+                                 the prior state it changed (recorded with the assignment) or None
+    after_release(h, paths, vm, identity, prior)
+                                 put back what before_assign changed, from that record
+    hotpluggable                 whether QMP hot plug applies
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = ["DeviceKind", "register", "kind_for", "KINDS"]
+
+KINDS: dict[str, "DeviceKind"] = {}
+
+
+class DeviceKind:
+    name: ClassVar[str] = "custom"
+    hotpluggable: ClassVar[bool] = True
+
+    def checks(self, h: Any, device: Any) -> list[Any]:
+        return []
+
+    def before_assign(self, h: Any, paths: Any, vm: str, identity: str, options: dict) -> dict | None:
+        return None
+
+    def after_release(self, h: Any, paths: Any, vm: str, identity: str, prior: dict | None) -> None:
+        return None
+
+
+def register(kind: "DeviceKind") -> "DeviceKind":
+    KINDS[kind.name] = kind
+    return kind
+
+
+def kind_for(name: str) -> DeviceKind:
+    """The kind module for a device kind name; custom models and unknown kinds get the plain PCI behaviour."""
+    return KINDS.get(name) or KINDS.setdefault("custom", DeviceKind())
