@@ -25,6 +25,10 @@ app = typer.Typer(
         "  passthru devices --kind gpu --json\n\n"
         "  passthru groups                  # IOMMU groups and whether each can be passed through\n\n"
         "  passthru show 0000:42:00.0       # everything about one device and its group mates\n\n"
+        "  passthru doctor                  # is this host ready? every problem with its fix\n\n"
+        "  passthru prepare --apply         # IOMMU kernel arguments and vfio modules, then reboot\n\n"
+        "  passthru bind 0000:42:00.0 --group   # take a GPU and its audio over for vfio-pci\n\n"
+        "  passthru assign vm1 gpu --numa 1 && passthru qemu-args vm1\n\n"
         "  passthru --root ./capture devices  # replay a captured host"
     ),
     no_args_is_help=True,
