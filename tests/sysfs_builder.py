@@ -514,11 +514,37 @@ class SysfsBuilder:
         os.makedirs(self.sys + "/class/mdev_bus", exist_ok=True)
         _link(f"{self.sys}/class/mdev_bus/{f.address}", f.path)
 
+    def virtual_mdev_parent(self, name: str, types: list[dict], *, cls: str | None = None) -> str:
+        """A non-PCI mdev parent such as the mtty sample driver's: /sys/devices/virtual/<cls>/<name> (class ``cls``,
+        default ``name``) with mdev_supported_types as in :meth:`mdev_types` (``description`` only when given) and
+        /sys/class/mdev_bus/<name>. :meth:`mdev` takes ``name`` as a parent afterwards."""
+        cls = cls or name
+        d = f"{self.sys}/devices/virtual/{cls}/{name}"
+        os.makedirs(d + "/power", exist_ok=True)
+        _attrs(d, {"uevent": ""})
+        _link(d + "/subsystem", f"{self.sys}/class/{cls}")
+        os.makedirs(f"{self.sys}/class/{cls}", exist_ok=True)
+        _link(f"{self.sys}/class/{cls}/{name}", d)
+        for t in types:
+            td = f"{d}/mdev_supported_types/{t['id']}"
+            os.makedirs(td + "/devices")
+            _attrs(td, {"name": t["name"], "create": "", "available_instances": t.get("available_instances", 1),
+                        "device_api": t.get("device_api", "vfio-pci"),
+                        **({"description": t["description"]} if "description" in t else {})})
+        os.makedirs(self.sys + "/class/mdev_bus", exist_ok=True)
+        _link(f"{self.sys}/class/mdev_bus/{name}", d)
+        if not hasattr(self, "_virtual_mdev_parents"):
+            self._virtual_mdev_parents: dict[str, str] = {}
+        self._virtual_mdev_parents[name] = d
+        return d
+
     def mdev(self, parent: str, uuid: str, type_id: str, *, iommu_group: int | None = None,
              driver: str = "vfio_mdev") -> str:
         """A mediated device instance <parent>/<uuid>; it gets its own IOMMU group at build()."""
-        f = self.fn(parent)
-        d, tdir = f"{f.path}/{uuid}", f"{f.path}/mdev_supported_types/{type_id}"
+        virtual = getattr(self, "_virtual_mdev_parents", {}).get(parent)
+        f = self.fn(parent) if virtual is None else None
+        ppath, paddr = (f.path, f.address) if f is not None else (virtual, parent)
+        d, tdir = f"{ppath}/{uuid}", f"{ppath}/mdev_supported_types/{type_id}"
         os.makedirs(d + "/power")
         _attrs(d, {"remove": "", "uevent": f"DRIVER={driver}\nMDEV_TYPE={type_id}"})
         _link(d + "/mdev_type", tdir)
@@ -531,7 +557,7 @@ class SysfsBuilder:
         _link(f"{tdir}/devices/{uuid}", d)
         avail = int(open(tdir + "/available_instances").read())
         _attrs(tdir, {"available_instances": max(avail - 1, 0)})
-        self.mdevs[uuid] = dict(parent=f.address, type=type_id, path=d, iommu_group=iommu_group, driver=driver)
+        self.mdevs[uuid] = dict(parent=paddr, type=type_id, path=d, iommu_group=iommu_group, driver=driver)
         return d
 
     def nvidia_vgpu(self, address: str, creatable: list[str], current: str = "0") -> None:

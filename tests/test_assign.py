@@ -145,3 +145,35 @@ def test_models_are_specs(host, capsys):
     assert cli_main(["--root", root, "model", "remove", "nope"]) == 2
     with pytest.raises(UsageError):
         assign(s2, "vm1", ["no-such-model"], kernel=FakeKernel(s2.host))
+
+
+def test_vf_settings_per_assignment_are_put_back_on_release(host):
+    """gpu_server's ConnectX-5 VF 3b:00.2 (VF 0 of enp59s0f0np0), through the netlink boundary of kinds/nic_vf.py
+    (pyroute2's own request encoding, a fake kernel side) and the fake sysfs kernel."""
+    from test_sriov import FakeIPRoute
+
+    from passthru.kinds import KINDS, load_all
+    from passthru.kinds.nic_vf import NicKind, VfNetlink
+
+    s, k = host
+    load_all()
+    ip = FakeIPRoute({"enp59s0f0np0": 8, "enp59s0f1np1": 8})
+    saved = KINDS["nic"]
+    KINDS["nic"] = NicKind(netlink=VfNetlink(iproute=ip))
+    try:
+        with pytest.raises(UsageError, match="mac"):
+            assign(s, "vm1", ["0000:3b:00.2"], vf_options={"mac": "zz"}, kernel=k)
+        assert held(s, "vm1") == [] and ip.calls == []
+        assign(s, "vm1", ["0000:3b:00.2"], vf_options={"mac": "52:54:00:12:34:56", "vlan": 100, "trust": "on"},
+               kernel=k)
+        vf0 = ip.vfs["enp59s0f0np0"][0]
+        assert (vf0["mac"], vf0["vlan"], vf0["trust"]) == ("52:54:00:12:34:56", 100, 1)
+        assert driver(s, "0000:3b:00.2") == "vfio-pci"
+        release(s, "vm1", kernel=k)
+        vf0 = ip.vfs["enp59s0f0np0"][0]
+        assert vf0["vlan"] == 0 and vf0["trust"] == 0 and vf0["mac"] != "52:54:00:12:34:56"
+        with pytest.raises(UsageError, match="none of the devices is an SR-IOV VF"):
+            assign(s, "vm2", ["0000:86:00.0"], vf_options={"vlan": 5}, kernel=k)
+        assert held(s, "vm2") == [] and driver(s, "0000:86:00.0") == "nouveau"  # bound, then given back
+    finally:
+        KINDS["nic"] = saved

@@ -136,13 +136,23 @@ def reconcile(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> No
 
 @app.command("apply-boot")
 def apply_boot(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
-    """Re-apply persisted bindings (run at boot by passthru-apply-boot.service, before networking and VMs)."""
+    """Re-apply persisted bindings and re-create persisted vGPUs (run at boot by passthru-apply-boot.service,
+    before networking and VMs)."""
+    from .mdev import start_persisted
     from .vfio import apply_boot as do_apply_boot
 
     c: _Ctx = ctx.obj
     out = do_apply_boot(c.host, c.paths)
-    _print(out, as_json)
-    if out.error:
+    vgpus = start_persisted(c.host, c.paths)
+    if as_json:
+        _emit_json({**out.to_json(), "vgpus": vgpus.to_json()})
+    else:
+        _print(out, False)
+        for item in vgpus.items:
+            print(f"vgpu {item.id} on {item.parent}: {item.status}" + (f" ({item.note})" if item.note else ""))
+        if vgpus.error:
+            print(f"vgpu: {vgpus.error}")
+    if out.error or vgpus.error:
         raise typer.Exit(1)
 
 

@@ -68,17 +68,30 @@ def assign(
     numa_policy: Annotated[str, typer.Option("--numa-policy", help="strict (fail) or prefer (fall back).")] = "strict",
     vm_uuid: Annotated[Optional[str], typer.Option("--uuid", help="The VM's UUID, recorded.")] = None,
     no_bind: Annotated[bool, typer.Option("--no-bind", help="Record only; do not move PCI devices to vfio-pci.")] = False,
+    mac: Annotated[Optional[str], typer.Option("--mac", help="NIC VF: MAC address.")] = None,
+    vlan: Annotated[Optional[int], typer.Option("--vlan", help="NIC VF: VLAN id (0 = none).")] = None,
+    qos: Annotated[Optional[int], typer.Option("--qos", help="NIC VF: VLAN priority 0-7.")] = None,
+    spoofchk: Annotated[Optional[str], typer.Option("--spoofchk", help="NIC VF: on or off.")] = None,
+    trust: Annotated[Optional[str], typer.Option("--trust", help="NIC VF: on or off.")] = None,
+    rate_min: Annotated[Optional[int], typer.Option("--rate-min", help="NIC VF: Mbit/s.")] = None,
+    rate_max: Annotated[Optional[int], typer.Option("--rate-max", help="NIC VF: Mbit/s.")] = None,
+    link_state: Annotated[Optional[str], typer.Option("--link-state", help="NIC VF: auto, enable, disable.")] = None,
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Give devices to a VM: claimed atomically (never two VMs), PCI groups taken over for vfio-pci.
 
     Examples: `passthru assign vm1 0000:86:00.0`, `passthru assign vm1 gpu --numa 1`,
-    `passthru assign vm1 usb:0403:6001 serial:/dev/ttyS4`.
+    `passthru assign vm1 usb:0403:6001 serial:/dev/ttyS4`, `passthru assign vm1 0000:3b:00.2 --mac
+    52:54:00:12:34:56 --vlan 100 --spoofchk on` (a VF, configured through its PF; put back on release).
     """
     from .inventory.service import assign as do_assign
 
     c: _Ctx = ctx.obj
-    res = do_assign(c, vm, specs, numa=numa, numa_policy=numa_policy, vm_uuid=vm_uuid, bind=not no_bind)
+    vf = {k: v for k, v in {"mac": mac, "vlan": vlan, "qos": qos, "spoofchk": spoofchk, "trust": trust,
+                            "min_tx_rate": rate_min, "max_tx_rate": rate_max, "link_state": link_state}.items()
+          if v is not None}
+    res = do_assign(c, vm, specs, numa=numa, numa_policy=numa_policy, vm_uuid=vm_uuid, bind=not no_bind,
+                    vf_options=vf or None)
     if as_json:
         _emit_json(res.to_json())
         return

@@ -375,6 +375,23 @@ def _check_device(r: Report, f: _Facts, dev: Device) -> None:
     r.add("device.group", "IOMMU group viable", status, f"group {fn.iommu_group}: {reason}", fix, device=dev.id)
 
 
+# -- kind checks (kinds/*.py): what is special about a device of that kind (large BARs, companions, namespaces in
+# use, hubs, a port held open, a PF's eswitch); ids gpu.*, nvme.*, usb.*, serial.*, sriov.*
+def _check_kind(r: Report, f: _Facts, dev: Device) -> None:
+    from .kinds import kind_for
+
+    r.findings.extend(kind_for(dev.kind).checks(f.h, dev))
+
+
+def _check_sriov(r: Report, f: _Facts) -> None:
+    """Per SR-IOV PF with VFs: eswitch mode and representors; the Open vSwitch hw-offload step (kinds/nic_vf.py)."""
+    if not any(fn.sriov_numvfs for fn in f.inv.pci):
+        return
+    from .kinds.nic_vf import sriov_findings
+
+    r.findings.extend(sriov_findings(f.h))
+
+
 def run_doctor(h: HostRoot, devices: list[Device] | None = None, inv: Inventory | None = None,
                paths: Paths | None = None) -> Report:
     """All host checks, then device checks for ``devices`` (already resolved from what the operator typed).
@@ -394,6 +411,8 @@ def run_doctor(h: HostRoot, devices: list[Device] | None = None, inv: Inventory 
     _check_hugepages(r, facts)
     _check_memlock(r, facts)
     _check_host_gpu_drivers(r, facts, devices or [])
+    _check_sriov(r, facts)
     for dev in devices or []:
         _check_device(r, facts, dev)
+        _check_kind(r, facts, dev)
     return r

@@ -27,9 +27,6 @@ def records_from(inv: Inventory) -> list[DeviceRecord]:
                 identity=f"pci:{fn.address}", bus="pci", kind=kind, vendor_id=fn.vendor_id,
                 device_id=fn.device_id, numa_node=numa, iommu_group=fn.iommu_group,
                 parent=f"pci:{fn.physfn}" if fn.physfn else None))
-            for m in fn.mdevs:
-                out.append(DeviceRecord(identity=f"mdev:{m.uuid}", bus="mdev", kind="vgpu", numa_node=numa,
-                                        parent=f"pci:{fn.address}", name=m.type_id))
         elif d.bus == "usb":
             u = d.fact
             if u.is_root_hub:
@@ -43,4 +40,14 @@ def records_from(inv: Inventory) -> list[DeviceRecord]:
             if s.ghost or s.console:
                 continue
             out.append(DeviceRecord(identity=f"serial:{s.device}", bus="serial", kind="serial", name=s.name))
+    # mediated devices on every parent bus (a GPU's vGPUs, and virtual parents such as mtty)
+    from ..kinds.vgpu import MDEV, scan_parents
+
+    for p in scan_parents(inv.root):
+        if p.mode != MDEV:
+            continue
+        for i in p.instances:
+            out.append(DeviceRecord(identity=i.identity, bus="mdev", kind="vgpu", numa_node=p.numa_node,
+                                    iommu_group=i.iommu_group, parent=f"pci:{p.name}" if p.bus == "pci" else None,
+                                    name=i.type_id))
     return out

@@ -56,8 +56,28 @@ def sync(s: Session, store: Store) -> Inventory:
         store.add_model(m.name, m.vendor_id, m.device_id, m.kind, m.description)
     for name in have:
         store.remove_model(name, force=True)
-    store.sync_devices(records_from(inv))
+    out = store.sync_devices(records_from(inv))
+    from ..kinds.usb import record_replaced  # kinds: a held USB port whose device changed is remembered
+
+    record_replaced(store, out["replaced"])
     return inv
+
+
+def _kind_refusals(s: Session, store: Store, inv: Inventory, vm: str, idents: list[str], *,
+                   attach: bool = False) -> None:
+    """Refusals that depend on the host right now (kinds/serial.py, kinds/usb.py): a serial port another process
+    holds open (a getty), a USB port whose device changed since the VM got it, a USB serial adapter given two
+    ways. Run before anything is claimed; UsageError (exit 2) names the process or the change."""
+    if not any(i.startswith(("serial:", "usb:")) for i in idents):
+        return
+    from ..kinds import serial as serial_kind
+    from ..kinds import usb as usb_kind
+
+    holders = {d["identity"]: d["vm"] for d in store.devices()}
+    mine = {a.device: a for a in store.assignments(vm)}
+    usb_kind.check_assign(store, inv, holders, mine, vm, idents)
+    serial_kind.check_assign(s.host, inv, holders, vm, idents,
+                             states={i: a.state for i, a in mine.items()} if attach else None)
 
 
 def pci_addresses(identities: list[str]) -> list[str]:
@@ -151,13 +171,20 @@ def _host_uses(inv: Inventory, address: str) -> bool:
 
 
 def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, numa_policy: str = "strict",
-           vm_uuid: str | None = None, bind: bool = True, kernel: object | None = None) -> AssignResult:
-    """Claim the devices ``texts`` name for ``vm`` and take their PCI groups over for vfio-pci."""
+           vm_uuid: str | None = None, bind: bool = True, kernel: object | None = None,
+           vf_options: dict | None = None) -> AssignResult:
+    """Claim the devices ``texts`` name for ``vm`` and take their PCI groups over for vfio-pci. ``vf_options``
+    (mac, vlan, qos, spoofchk, trust, min_tx_rate, max_tx_rate, link_state) configure each NIC VF assigned, through
+    its PF (kinds/nic_vf.py); the prior settings are kept and put back on release."""
     if not vm or not vm.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UsageError(f"VM name {vm!r}: use letters, digits, '-', '_' or '.'")
     if numa_policy not in ("strict", "prefer"):
         raise UsageError(f"--numa-policy {numa_policy!r}: strict or prefer")
     specs = [parse_spec(t) for t in texts]
+    if vf_options:
+        from ..kinds.nic_vf import normalize_settings
+
+        normalize_settings(vf_options)  # bad VF settings are bad input: refused before anything is claimed
     if not specs:
         raise UsageError("name at least one device: a PCI address, a kind (gpu), a model, usb:..., serial:...")
     store = open_store(s)
@@ -168,6 +195,7 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
         for ident in _resolve(inv, store, spec):
             if ident not in direct:
                 direct.append(ident)
+    _kind_refusals(s, store, inv, vm, direct)  # kinds: a serial port held open, a USB port whose device changed
     res = AssignResult(vm)
     claimed: list[Assignment] = []
     try:
@@ -189,7 +217,16 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
 
             out = vfio_bind(s.host, s.paths, todo, group=True, kernel=kernel)  # type: ignore[arg-type]
             res.bound = [d.address for d in out.devices if d.status == "changed"]
+        if vf_options:
+            _configure_vfs(s, inv, vm, res, vf_options)
     except BaseException:
+        if res.bound:  # what this call moved to vfio-pci goes back too: nothing half-applied
+            from ..vfio import restore as vfio_restore
+
+            try:
+                vfio_restore(s.host, s.paths, res.bound, kernel=kernel)  # type: ignore[arg-type]
+            except PassthruError:
+                pass
         for a in _dedupe(claimed):
             try:
                 store.release(vm, a.device)
@@ -202,6 +239,54 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
 
 class _NoFn:
     driver = None
+
+
+# -- per-assignment host configuration by a device's kind (a NIC VF's MAC/VLAN...), undone on release -------------
+def _hook_path(s: Session, vm: str, ident: str) -> str:
+    import os
+    import re
+
+    return os.path.join(s.paths.state_dir, "kind-state", vm, re.sub(r"[^A-Za-z0-9.-]+", "_", ident) + ".json")
+
+
+def _configure_vfs(s: Session, inv: Inventory, vm: str, res: AssignResult, options: dict) -> None:
+    import json
+
+    from ..kinds import kind_for
+    from ..statefs import write_atomic
+
+    vfs = [a.device for a in res.assignments if a.device.startswith("pci:")
+           and (fn := inv.pci_function(a.device[4:])) is not None and fn.physfn]
+    if not vfs:
+        raise UsageError("VF settings (--mac, --vlan, ...) were given but none of the devices is an SR-IOV VF")
+    done: list[tuple[str, dict]] = []
+    try:
+        for ident in vfs:
+            prior = kind_for("nic").before_assign(s.host, s.paths, vm, ident, options)
+            if prior:
+                write_atomic(_hook_path(s, vm, ident), json.dumps({"kind": "nic", **prior}).encode(), 0o600)
+                done.append((ident, prior))
+    except BaseException:
+        for ident, prior in reversed(done):
+            _undo_kind(s, vm, ident)
+        raise
+
+
+def _undo_kind(s: Session, vm: str, ident: str) -> None:
+    """Put back what a kind changed for this assignment (recorded at assign time), then forget the record."""
+    import json
+    import os
+
+    from ..kinds import kind_for
+
+    path = _hook_path(s, vm, ident)
+    try:
+        with open(path, encoding="utf-8") as f:
+            rec = json.load(f)
+    except FileNotFoundError:
+        return
+    kind_for(rec.get("kind", "custom")).after_release(s.host, s.paths, vm, ident, rec)
+    os.unlink(path)
 
 
 def _dedupe(items: list[Assignment]) -> list[Assignment]:
@@ -222,6 +307,7 @@ def release(s: Session, vm: str, texts: list[str] | None = None, *, restore: boo
     idents = list(held) if texts is None else _held(s, store, vm, held, texts)
     out: list[Assignment] = []
     for ident in idents:
+        _undo_kind(s, vm, ident)  # a VF's settings back as they were before the VM got it
         out += store.release(vm, ident)
     if restore:
         from ..vfio import Store as Holdings
@@ -232,6 +318,9 @@ def release(s: Session, vm: str, texts: list[str] | None = None, *, restore: boo
         if addrs:
             vfio_restore(s.host, s.paths, addrs, kernel=kernel)  # type: ignore[arg-type]
     store.audit("release", None, vm, {"devices": idents, "restored": restore})
+    from ..mdev import release_created  # kinds/vgpu: vGPUs made for this VM (`vgpu create --vm`) go with it
+
+    release_created(s.host, s.paths, vm, idents, kernel=kernel)  # type: ignore[arg-type]
     return out
 
 
@@ -271,6 +360,8 @@ def attach(s: Session, vm: str, texts: list[str], socket: str, *, port: str | No
         assign(s, vm, texts)
         held = {a.device: a for a in store.assignments(vm)}
         idents = _held(s, store, vm, held, texts)
+    # kinds: what is plugged in / open now, not what was when the VM got it (a re-plugged USB port, a getty)
+    _kind_refusals(s, store, sync(s, store), vm, idents, attach=True)
     out = []
     for att in _attachments_of(s, store, idents):
         res = qmp_attach(socket, att, port=port)
@@ -296,9 +387,14 @@ def detach(s: Session, vm: str, texts: list[str], socket: str, *, keep: bool = F
                 if held[ident].state == "attached":
                     store.set_state(vm, ident, "reserved")
             else:
+                _undo_kind(s, vm, ident)
                 store.release(vm, ident)
         store.audit("detach", None, vm, {"ids": res.get("ids"), "kept": keep})
         out.append(res)
+    if not keep:
+        from ..mdev import release_created  # kinds/vgpu: vGPUs made for this VM go with it
+
+        release_created(s.host, s.paths, vm, idents)
     return out
 
 

@@ -1,5 +1,5 @@
 """Device kinds: see base.py."""
 
-from .base import KINDS, DeviceKind, kind_for, register
+from .base import KINDS, DeviceKind, kind_for, load_all, register
 
-__all__ = ["DeviceKind", "KINDS", "kind_for", "register"]
+__all__ = ["DeviceKind", "KINDS", "kind_for", "load_all", "register"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-__all__ = ["DeviceKind", "register", "kind_for", "KINDS"]
+__all__ = ["DeviceKind", "register", "kind_for", "load_all", "KINDS"]
 
 KINDS: dict[str, "DeviceKind"] = {}
 
@@ -40,6 +40,20 @@ def register(kind: "DeviceKind") -> "DeviceKind":
     return kind
 
 
+MODULES = ("gpu", "vgpu", "nic_vf", "nvme", "usb", "serial")
+
+
+def load_all() -> dict[str, "DeviceKind"]:
+    """Import every kind module (each registers itself); on first use only, so listings stay fast."""
+    import importlib
+
+    for m in MODULES:
+        importlib.import_module(f"passthru.kinds.{m}")
+    return KINDS
+
+
 def kind_for(name: str) -> DeviceKind:
     """The kind module for a device kind name; custom models and unknown kinds get the plain PCI behaviour."""
+    if name not in KINDS:
+        load_all()
     return KINDS.get(name) or KINDS.setdefault("custom", DeviceKind())

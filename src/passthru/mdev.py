@@ -1,0 +1,636 @@
+"""vGPU instances: create and remove mediated devices, set NVIDIA SR-IOV vGPU types, persist definitions for boot.
+
+The only code in passthru that writes the mdev bus and ``nvidia/current_vgpu_type``. One write per verb, as the
+kernel's ABI defines them (Documentation/driver-api/vfio-mediated-device.rst):
+
+    create(parent, type, uuid)   /sys/class/mdev_bus/<parent>/mdev_supported_types/<type>/create   (<uuid>)
+    remove(uuid)                 /sys/bus/mdev/devices/<uuid>/remove                              (1)
+    set_vgpu_type(vf, type)      /sys/bus/pci/devices/<vf>/nvidia/current_vgpu_type               (<id>, 0 = none)
+
+each followed by a bounded wait for the result (``/sys/bus/mdev/devices/<uuid>`` there or gone; the type read back).
+
+Records, like the takeover's (journal first, atomic files, one audit log):
+
+- ``<state>/mdev/<id>.json``: a vGPU passthru made, written *before* the write (phase ``creating``, then
+  ``created``; ``removing`` while it goes), with the VM it was made for (``--vm``) and, for an SR-IOV VF, the
+  type it had before. A killed process leaves a record the next writer settles from what the kernel shows.
+- ``<config>/mdev.d/<parent>/<id>.json``: a persisted definition, mdevctl-like
+  (``{"schema": 1, "id", "mode", "parent", "mdev_type", "start": "auto"}``), re-created at boot by
+  ``passthru vgpu start-persisted`` (:func:`start_persisted`). ``vgpu list --json`` entries carry the same keys.
+- ``<state>/audit.log``: one line per write (the takeover's log).
+
+    create(h, paths, "mtty", "mtty-2", persist=True)        # -> VgpuResult(id=<uuid>, status="created")
+    create(h, paths, None, "GRID T4-1Q", placement="spread")
+    remove(h, paths, uuid)                                   # and its definition (keep_definition=True keeps it)
+    start_persisted(h, paths)                                # at boot
+    release_created(h, paths, "vm1", ["mdev:<uuid>"])        # the release hook: only what was made for vm1
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import time
+import uuid as uuidlib
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from .config import Paths
+from .errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
+from .host.pci import normalize_address
+from .host.root import HostRoot
+from .kinds.vgpu import (MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, candidates, capacity, find_parent,
+                         match_type, pick, scan_parents, unknown_type)
+from .statefs import FileLock, fsync_dir, write_atomic
+from .vfio.kernel import Kernel
+
+__all__ = ["MdevKernel", "Record", "MdevStore", "VgpuResult", "VgpuOutcome", "create", "remove", "start_persisted",
+           "release_created", "list_vgpus", "types_doc", "parse_id"]
+
+CREATING, CREATED, REMOVING = "creating", "created", "removing"
+_SCHEMA = 1
+_VM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HINTS = {
+    errno.EEXIST: "a mediated device with this UUID already exists",
+    errno.EUSERS: "no instance of this type is left on the parent",
+    errno.ENOSPC: "no instance of this type is left on the parent",
+    errno.EDQUOT: "no instance of this type is left on the parent",
+    errno.EBUSY: "in use (a VM has it open)",
+    errno.EINVAL: "the kernel rejected the value",
+    errno.EPERM: "permission denied (run as root)",
+    errno.EACCES: "permission denied (run as root)",
+    errno.ENODEV: "the parent or device is gone",
+    errno.ENOENT: "the parent or device is gone",
+}
+
+
+# -- the kernel boundary ------------------------------------------------------------------------------------------
+class MdevKernel(Kernel):
+    """mdev and NVIDIA vGPU-type writes on one host root. Tests substitute a subclass whose :meth:`write` simulates
+    the mdev core on a fixture tree; the lab runs this class on a real kernel (mtty)."""
+
+    def require_live(self) -> None:
+        if not self.h.is_live:
+            raise UsageError(f"{self.h.base} is not this machine's root: creating or removing vGPUs needs the live "
+                             "host (drop --root / PASSTHRU_ROOT; --dry-run works on any root)")
+
+    def sysfsdev(self, uuid: str) -> str:
+        return f"{self.h.sys}/bus/mdev/devices/{uuid}"
+
+    def mdev_present(self, uuid: str) -> bool:
+        return self.h.exists(self.sysfsdev(uuid))
+
+    def vgpu_type(self, vf: str) -> str | None:
+        text = self.h.read(f"{self.h.sys}/bus/pci/devices/{vf}/nvidia/current_vgpu_type")
+        return text.split()[0] if text else None
+
+    def _mwrite(self, path: str, data: str, what: str) -> None:
+        try:
+            self.write(path, data)
+        except OSError as e:
+            hint = _HINTS.get(e.errno or 0, e.strerror or str(e))
+            raise HostError(f"{what}: {hint} ({os.strerror(e.errno) if e.errno else e})") from None
+
+    def create(self, parent: str, type_id: str, uuid: str) -> None:
+        self._mwrite(f"{self.h.sys}/class/mdev_bus/{parent}/mdev_supported_types/{type_id}/create", uuid,
+                     f"{uuid}: creating {type_id} on {parent}")
+
+    def remove(self, uuid: str) -> None:
+        if self.mdev_present(uuid):
+            self._mwrite(self.sysfsdev(uuid) + "/remove", "1", f"{uuid}: removing")
+
+    def set_vgpu_type(self, vf: str, type_id: str) -> None:
+        if self.vgpu_type(vf) != type_id:
+            self._mwrite(f"{self.h.sys}/bus/pci/devices/{vf}/nvidia/current_vgpu_type", type_id,
+                         f"{vf}: setting current_vgpu_type to {type_id}")
+
+    def wait_present(self, uuid: str, present: bool) -> None:
+        self.wait_for(lambda: self.mdev_present(uuid) == present,
+                      f"{uuid}: waiting for /sys/bus/mdev/devices/{uuid} to {'appear' if present else 'go'}")
+
+    def wait_type(self, vf: str, type_id: str) -> None:
+        self.wait_for(lambda: self.vgpu_type(vf) == type_id, f"{vf}: waiting for current_vgpu_type {type_id}")
+
+
+def mdev_kernel(h: HostRoot, kernel: Kernel | None = None) -> MdevKernel:
+    """``kernel`` when it can write mdevs (a test double), else the real boundary for ``h``."""
+    return kernel if isinstance(kernel, MdevKernel) else MdevKernel(h)
+
+
+# -- records and definitions --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: str  # mdev UUID or VF address
+    mode: str
+    parent: str
+    mdev_type: str
+    phase: str
+    vm: str | None = None  # made for this VM's assignment (`vgpu create --vm`): removed when it releases
+    prior_type: str | None = None  # SRIOV: the VF's current_vgpu_type before
+    since: str = ""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _load(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e}); move it away") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: not a JSON object; move it away")
+    return doc
+
+
+def _ls(d: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(d) if not n.startswith("."))
+    except OSError:
+        return []
+
+
+class MdevStore:
+    """The vGPU records and persisted definitions under one :class:`Paths`."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.rec_dir = os.path.join(paths.state_dir, "mdev")
+        self.def_dir = os.path.join(paths.config_dir, "mdev.d")
+
+    def lock(self) -> FileLock:
+        return FileLock(os.path.join(self.paths.state_dir, "mdev.lock"), "vgpu create/remove")
+
+    def audit(self, action: str, device: str, before: object, after: object, **extra: object) -> None:
+        from .vfio.state import Store
+
+        Store(self.paths).audit(action, device, before, after, **extra)
+
+    # records
+    def get(self, ident: str) -> Record | None:
+        path = os.path.join(self.rec_dir, f"{ident}.json")
+        doc = _load(path)
+        if doc is None:
+            return None
+        names = {f.name for f in fields(Record)}
+        try:
+            return Record(**{k: v for k, v in doc.items() if k in names})
+        except TypeError as e:
+            raise ConfigError(f"{path}: not a passthru vGPU record ({e}); move it away") from None
+
+    def records(self) -> list[Record]:
+        return [r for n in _ls(self.rec_dir) if n.endswith(".json") and (r := self.get(n[:-5])) is not None]
+
+    def save(self, rec: Record) -> Record:
+        rec = rec if rec.since else replace(rec, since=_now())
+        os.makedirs(self.rec_dir, mode=0o700, exist_ok=True)
+        data = json.dumps({"schema": _SCHEMA, **asdict(rec)}, indent=2) + "\n"
+        write_atomic(os.path.join(self.rec_dir, f"{rec.id}.json"), data.encode(), 0o600)
+        return rec
+
+    def drop(self, ident: str) -> None:
+        try:
+            os.unlink(os.path.join(self.rec_dir, f"{ident}.json"))
+        except FileNotFoundError:
+            return
+        fsync_dir(self.rec_dir)
+
+    # definitions
+    def definitions(self) -> list[dict]:
+        out = []
+        for parent in _ls(self.def_dir):
+            for name in _ls(os.path.join(self.def_dir, parent)):
+                if name.endswith(".json"):
+                    doc = _load(os.path.join(self.def_dir, parent, name))
+                    if doc is not None and isinstance(doc.get("mdev_type"), str):
+                        out.append({**doc, "id": name[:-5], "parent": parent, "mode": doc.get("mode", MDEV)})
+        return out
+
+    def definition(self, ident: str) -> dict | None:
+        return next((d for d in self.definitions() if d["id"] == ident), None)
+
+    def define(self, ident: str, mode: str, parent: str, mdev_type: str) -> bool:
+        """Write the definition; False when the same one is already there."""
+        doc = {"schema": _SCHEMA, "id": ident, "mode": mode, "parent": parent, "mdev_type": mdev_type,
+               "start": "auto", "attrs": []}
+        data = (json.dumps(doc, indent=2) + "\n").encode()
+        old = self.definition(ident)
+        if old is not None and old["parent"] != parent:
+            self.undefine(ident)
+        path = os.path.join(self.def_dir, parent, f"{ident}.json")
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return False
+        except OSError:
+            pass
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        write_atomic(path, data, 0o644)
+        return True
+
+    def undefine(self, ident: str) -> bool:
+        d = self.definition(ident)
+        if d is None:
+            return False
+        pdir = os.path.join(self.def_dir, d["parent"])
+        os.unlink(os.path.join(pdir, f"{ident}.json"))
+        fsync_dir(pdir)
+        if not _ls(pdir):
+            try:
+                os.rmdir(pdir)
+            except OSError:
+                pass
+        return True
+
+
+# -- results ------------------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class VgpuResult:
+    id: str
+    mode: str
+    parent: str
+    mdev_type: str
+    type_name: str | None
+    status: str  # created | unchanged | would create | removed | would remove | undefined | failed
+    note: str = ""
+    persisted: bool = False
+    vm: str | None = None
+
+    @property
+    def identity(self) -> str:
+        return f"mdev:{self.id}" if self.mode == MDEV else f"pci:{self.id}"
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "mode": self.mode, "parent": self.parent, "mdev_type": self.mdev_type,
+                "type_name": self.type_name, "status": self.status, "note": self.note or None,
+                "persisted": self.persisted, "vm": self.vm, "identity": self.identity,
+                "sysfsdev": f"/sys/bus/{'mdev' if self.mode == MDEV else 'pci'}/devices/{self.id}"}
+
+
+@dataclass(slots=True)
+class VgpuOutcome:
+    action: str
+    items: list[VgpuResult] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {"schema": 1, "action": self.action, "ok": self.error is None, "error": self.error,
+                "vgpus": [i.to_json() for i in self.items]}
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+def parse_id(text: str) -> tuple[str, str]:
+    """(mode, id) for a vGPU named by its mdev UUID or its VF's PCI address; UsageError otherwise."""
+    t = text.strip().lower()
+    if UUID_RE.match(t):
+        return MDEV, t
+    try:
+        return SRIOV, normalize_address(t)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a UUID (like 4b20d080-1b54-4048-85b3-a6a62d165c01) nor the PCI address "
+                         "of an NVIDIA vGPU VF") from None
+
+
+def _instances(parents: list[Parent]) -> dict[str, Instance]:
+    return {i.id: i for p in parents for i in p.instances}
+
+
+def _type_name(parents: list[Parent], parent: str, type_id: str) -> str | None:
+    p = next((x for x in parents if x.name == parent), None)
+    t = p.type(type_id) if p else None
+    return t.name if t else None
+
+
+def _holder(paths: Paths, identity: str) -> str | None:
+    """The VM the inventory says holds ``identity`` (None without an inventory database)."""
+    from .inventory.store import DB_ENV
+
+    if not os.environ.get(DB_ENV) and not os.path.exists(os.path.join(paths.state_dir, "passthru.db")):
+        return None
+    from .inventory.store import Store
+
+    store = Store(paths=paths)
+    try:
+        return next((a.vm for a in store.assignments() if a.device == identity), None)
+    finally:
+        store.close()
+
+
+def _settle(k: MdevKernel, store: MdevStore) -> None:
+    """Finish what a killed writer left: a record says what it meant, the kernel what happened."""
+    for rec in store.records():
+        live = k.mdev_present(rec.id) if rec.mode == MDEV else k.vgpu_type(rec.id) == rec.mdev_type
+        if rec.phase == CREATING or rec.phase == REMOVING:
+            if live:
+                store.save(replace(rec, phase=CREATED))
+            else:
+                store.drop(rec.id)
+
+
+# -- create -------------------------------------------------------------------------------------------------------
+def _plan(parents: list[Parent], parent: str | None, type_text: str, placement: str
+          ) -> tuple[Parent, VgpuType, str | None]:
+    if parent is not None:
+        p, vf = find_parent(parents, parent)
+        t = match_type(p, type_text)
+        if t is None:
+            raise unknown_type(parents, type_text, p)
+        return p, t, vf
+    cands = candidates(parents, type_text)
+    if not cands:
+        raise unknown_type(parents, type_text)
+    p, t = pick(cands, placement)
+    return p, t, None
+
+
+def create(h: HostRoot, paths: Paths, parent: str | None, type_text: str, *, uuid: str | None = None,
+           persist: bool = False, placement: str = "pack", vm: str | None = None, claim: bool = True,
+           dry_run: bool = False, kernel: Kernel | None = None) -> VgpuResult:
+    """Make one vGPU of ``type_text`` on ``parent`` (or where ``placement`` puts it). Refusals (UsageError /
+    NotFoundError, exit 2) come before any write; a kernel failure is a HostError after undoing what was done.
+    With ``vm`` it is made for that VM: assigned to it now (unless ``claim`` is False: the caller claims it) and
+    removed when the VM releases it (:func:`release_created`)."""
+    if placement not in ("pack", "spread"):
+        raise UsageError(f"--placement {placement!r}: pack or spread")
+    if vm is not None and not _VM_RE.match(vm):
+        raise UsageError(f"VM name {vm!r}: use letters, digits, '-', '_' or '.'")
+    if vm is not None and persist:
+        raise UsageError("--vm makes a vGPU for one assignment (removed on release), --persist one that outlives "
+                         "it: choose one")
+    if uuid is not None:
+        mode, uuid = parse_id(uuid)
+        if mode != MDEV:
+            raise UsageError(f"--uuid {uuid!r} is not a UUID (like 4b20d080-1b54-4048-85b3-a6a62d165c01)")
+    parents = scan_parents(h)
+    p, t, vf = _plan(parents, parent, type_text, placement)
+    live = _instances(parents)
+    if p.mode == MDEV:
+        ident = uuid or str(uuidlib.uuid4())
+        have = live.get(ident)
+        if have is not None and (have.parent, have.type_id) != (p.name, t.id):
+            raise UsageError(f"{ident} already exists as {have.type_id} on {have.parent}; choose another --uuid")
+    else:
+        if uuid is not None:
+            raise UsageError(f"{p.name} is an NVIDIA SR-IOV vGPU GPU: its vGPUs are VFs, named by address (give "
+                             "a VF as PARENT to choose one), not by --uuid")
+        current = {i.id: i.type_id for i in p.instances}
+        have = None
+        if vf is not None:
+            if vf in current and current[vf] != t.id:
+                raise UsageError(f"{vf} already has vGPU type {current[vf]}; `passthru vgpu remove {vf}` first")
+            have, ident = live.get(vf) if vf in current else None, vf
+        else:
+            free = (p.free_vfs or {}).get(t.id, ())
+            ident = free[0] if free else ""
+    res = VgpuResult(ident, p.mode, p.name, t.id, t.name, "unchanged" if have else "would create", vm=vm)
+    if have is None and (not ident or capacity(p, t, vf) <= 0):
+        left = "unknown" if t.available is None and p.mode == MDEV else capacity(p, t, vf)
+        raise UsageError(f"no capacity: {vf or p.name} has {left} {t.id} instances available"
+                         + ("" if parent is None else "; `passthru vgpu types` shows where there is room"))
+    if dry_run:
+        return res
+    k = mdev_kernel(h, kernel)
+    k.require_live()
+    store = MdevStore(paths)
+    with store.lock():
+        _settle(k, store)
+        if have is None:
+            _create_locked(k, store, res, p)
+            res.status = "created"
+        if persist:
+            res.persisted = True
+            if store.define(ident, p.mode, p.name, t.id):
+                store.audit("vgpu-persist", res.identity, None, t.id, parent=p.name)
+    if vm is not None and claim:
+        _assign(h, paths, res, k)
+    return res
+
+
+def _create_locked(k: MdevKernel, store: MdevStore, res: VgpuResult, p: Parent) -> None:
+    prior = k.vgpu_type(res.id) if res.mode == SRIOV else None
+    store.save(Record(res.id, res.mode, p.name, res.mdev_type, CREATING, vm=res.vm, prior_type=prior))
+    store.audit("vgpu-create", res.identity, prior, res.mdev_type, parent=p.name, vm=res.vm)
+    try:
+        if res.mode == MDEV:
+            k.create(p.name, res.mdev_type, res.id)
+            k.wait_present(res.id, True)
+        else:
+            k.set_vgpu_type(res.id, res.mdev_type)
+            k.wait_type(res.id, res.mdev_type)
+    except PassthruError:
+        _undo(k, store, res, prior)
+        raise
+    store.save(Record(res.id, res.mode, p.name, res.mdev_type, CREATED, vm=res.vm, prior_type=prior))
+
+
+def _undo(k: MdevKernel, store: MdevStore, res: VgpuResult, prior: str | None) -> None:
+    """Best effort: nothing of a failed create stays behind (the record goes only when the kernel agrees)."""
+    try:
+        if res.mode == MDEV:
+            k.remove(res.id)
+            k.wait_present(res.id, False)
+        else:
+            k.set_vgpu_type(res.id, prior or "0")
+    except PassthruError:
+        return
+    store.drop(res.id)
+
+
+def _assign(h: HostRoot, paths: Paths, res: VgpuResult, k: MdevKernel) -> None:
+    """Claim the new vGPU for its VM; when the claim fails, the vGPU goes again (all or nothing)."""
+    from .commands import Session
+    from .inventory.service import assign
+
+    s = Session(h.base, paths.config_dir, paths.state_dir)
+    try:
+        assign(s, res.vm or "", [res.identity[4:] if res.mode == SRIOV else res.identity], kernel=k)
+    except BaseException:
+        store = MdevStore(paths)
+        try:
+            with store.lock():
+                _remove_locked(k, store, res.id)
+        except PassthruError:
+            pass  # the claim's error is the one to report; `vgpu list` shows what is left
+        raise
+
+
+# -- remove -------------------------------------------------------------------------------------------------------
+def _remove_locked(k: MdevKernel, store: MdevStore, ident: str) -> Record | None:
+    rec = store.get(ident)
+    mode = MDEV if UUID_RE.match(ident) else SRIOV
+    if mode == MDEV and not k.mdev_present(ident):
+        store.drop(ident)
+        return rec
+    prior = (rec.prior_type if rec and rec.prior_type else "0") if mode == SRIOV else None
+    now = k.vgpu_type(ident) if mode == SRIOV else None
+    if rec is not None:
+        store.save(replace(rec, phase=REMOVING))
+    store.audit("vgpu-remove", f"mdev:{ident}" if mode == MDEV else f"pci:{ident}",
+                rec.mdev_type if rec else now, prior)
+    try:
+        if mode == MDEV:
+            k.remove(ident)
+            k.wait_present(ident, False)
+        else:
+            k.set_vgpu_type(ident, prior or "0")
+            k.wait_type(ident, prior or "0")
+    except PassthruError:
+        if rec is not None:
+            store.save(rec)  # still there: the record stays as it was
+        raise
+    store.drop(ident)
+    return rec
+
+
+def remove(h: HostRoot, paths: Paths, text: str, *, keep_definition: bool = False, dry_run: bool = False,
+           kernel: Kernel | None = None) -> VgpuResult:
+    """Remove a vGPU (an mdev, or an SR-IOV VF's type: back to the one it had) and, unless ``keep_definition``,
+    its persisted definition. Refused while the inventory says a VM holds it."""
+    mode, ident = parse_id(text)
+    parents = scan_parents(h)
+    inst = _instances(parents).get(ident)
+    store = MdevStore(paths)
+    defn = store.definition(ident)
+    if inst is None and defn is None and store.get(ident) is None:
+        raise NotFoundError(f"no vGPU {ident} on this host (neither live nor defined; `passthru vgpu list`)")
+    identity = f"mdev:{ident}" if mode == MDEV else f"pci:{ident}"
+    vm = _holder(paths, identity)
+    if vm is not None:
+        raise UsageError(f"{ident} is assigned to VM {vm!r}: `passthru release {vm} {identity}` first")
+    parent = inst.parent if inst else (defn or {}).get("parent", "?")
+    type_id = (inst.type_id if inst else None) or (defn or {}).get("mdev_type", "?")
+    res = VgpuResult(ident, mode, parent, type_id, _type_name(parents, parent, type_id),
+                     "would remove" if inst else "undefined", persisted=defn is not None and keep_definition)
+    if dry_run:
+        return res
+    if inst is not None:
+        k = mdev_kernel(h, kernel)
+        k.require_live()
+        with store.lock():
+            _settle(k, store)
+            _remove_locked(k, store, ident)
+        res.status = "removed"
+    if defn is not None and not keep_definition and store.undefine(ident):
+        store.audit("vgpu-unpersist", identity, type_id, None, parent=parent)
+        res.note = "definition removed"
+    elif defn is not None:
+        res.note = "definition kept: re-created at boot"
+    return res
+
+
+def release_created(h: HostRoot, paths: Paths, vm: str, identities: list[str], *,
+                    kernel: Kernel | None = None) -> list[VgpuResult]:
+    """The release hook: remove the vGPUs among ``identities`` that passthru made for ``vm`` (``vgpu create --vm``).
+    Others (made by hand, persisted, made for another VM) stay. HostError after trying them all if one failed."""
+    store = MdevStore(paths)
+    mine = [r for i in identities if i.startswith(("mdev:", "pci:")) and (r := store.get(i.split(":", 1)[1]))
+            and r.vm == vm]
+    if not mine:
+        return []
+    k = mdev_kernel(h, kernel)
+    k.require_live()
+    out, errors = [], []
+    with store.lock():
+        for rec in mine:
+            res = VgpuResult(rec.id, rec.mode, rec.parent, rec.mdev_type, None, "removed", vm=vm)
+            try:
+                _remove_locked(k, store, rec.id)
+            except PassthruError as e:
+                res.status, res.note = "failed", str(e)
+                errors.append(f"{rec.id}: {e}")
+            out.append(res)
+    if errors:
+        raise HostError(f"released, but the vGPU made for {vm} is still there: {'; '.join(errors)}; stop the VM and "
+                        "run `passthru vgpu remove ID`")
+    return out
+
+
+# -- boot -------------------------------------------------------------------------------------------------------
+def start_persisted(h: HostRoot, paths: Paths, *, parent: str | None = None,
+                    kernel: Kernel | None = None) -> VgpuOutcome:
+    """Re-create every persisted definition (``start: auto``; only ``parent``'s when given, as a udev rule on the
+    parent's arrival would) that is not live; one failure does not stop the others (``error`` names them)."""
+    store = MdevStore(paths)
+    out = VgpuOutcome("start-persisted")
+    if parent is not None:
+        try:
+            parent = normalize_address(parent)
+        except ValueError:
+            pass
+    defs = [d for d in store.definitions() if d.get("start", "auto") == "auto" and parent in (None, d["parent"])]
+    if not defs:
+        return out
+    k = mdev_kernel(h, kernel)
+    k.require_live()
+    failed = []
+    with store.lock():
+        _settle(k, store)
+        for d in defs:
+            parents = scan_parents(h)
+            res = VgpuResult(d["id"], d["mode"], d["parent"], d["mdev_type"],
+                             _type_name(parents, d["parent"], d["mdev_type"]), "unchanged", persisted=True)
+            out.items.append(res)
+            try:
+                _start_one(k, store, parents, res)
+            except PassthruError as e:
+                res.status, res.note = "failed", str(e)
+                failed.append(res.id)
+    if failed:
+        out.error = f"{len(failed)} persisted vGPU(s) not started: {', '.join(failed)}"
+    return out
+
+
+def _start_one(k: MdevKernel, store: MdevStore, parents: list[Parent], res: VgpuResult) -> None:
+    have = _instances(parents).get(res.id)
+    if have is not None:
+        if have.type_id != res.mdev_type or have.parent != res.parent:
+            raise UsageError(f"exists as {have.type_id} on {have.parent}, not {res.mdev_type} on {res.parent}")
+        return
+    p = next((x for x in parents if x.name == res.parent), None)
+    if p is None:
+        raise NotFoundError(f"parent {res.parent} is not present (its driver not loaded, or VFs not enabled?)")
+    t = p.type(res.mdev_type)
+    if t is None:
+        raise NotFoundError(f"{res.parent} offers no type {res.mdev_type} now")
+    vf = res.id if res.mode == SRIOV else None
+    if capacity(p, t, vf) <= 0:
+        raise UsageError(f"no capacity: {vf or p.name} has no free {t.id} instance")
+    _create_locked(k, store, res, p)
+    res.status = "created"
+
+
+# -- listings -------------------------------------------------------------------------------------------------------
+def types_doc(h: HostRoot, parent: str | None = None) -> dict:
+    parents = scan_parents(h)
+    if parent is not None:
+        parents = [find_parent(parents, parent)[0]]
+    return {"schema": 1, "parents": [p.to_json() for p in parents]}
+
+
+def list_vgpus(h: HostRoot, paths: Paths) -> list[dict]:
+    """Live vGPUs, persisted definitions and passthru's records, one entry per id (definition keys + state)."""
+    parents = scan_parents(h)
+    live = _instances(parents)
+    store = MdevStore(paths)
+    defs = {d["id"]: d for d in store.definitions()}
+    recs = {r.id: r for r in store.records()}
+    out = []
+    for ident in sorted(set(live) | set(defs) | set(recs)):
+        i, d, r = live.get(ident), defs.get(ident), recs.get(ident)
+        parent = i.parent if i else d["parent"] if d else r.parent  # type: ignore[union-attr]
+        mtype = (i.type_id if i else None) or (d["mdev_type"] if d else r.mdev_type if r else None)
+        mode = i.mode if i else d["mode"] if d else r.mode  # type: ignore[union-attr]
+        out.append({"id": ident, "mode": mode, "parent": parent, "mdev_type": mtype,
+                    "start": d.get("start", "auto") if d else None,
+                    "type_name": _type_name(parents, parent, mtype or ""),
+                    "live": i is not None, "persisted": d is not None,
+                    "passthru": None if r is None else {"phase": r.phase, "vm": r.vm, "prior_type": r.prior_type,
+                                                        "since": r.since},
+                    "iommu_group": i.iommu_group if i else None, "driver": i.driver if i else None,
+                    "identity": f"mdev:{ident}" if mode == MDEV else f"pci:{ident}"})
+    return out
