@@ -156,6 +156,11 @@ rc=0; passthru vf count "$pf" 3 2> over.err || rc=$?; echo $rc > over.rc
 vf1=$(basename "$(readlink -f /sys/bus/pci/devices/$pf/virtfn0)")
 modprobe vfio-pci
 passthru bind "$vf1" --json > bind.json
+# the VF really goes to a VM: a nested QEMU opens it through /dev/vfio/<group>
+printf '%s\n' '{"execute":"qmp_capabilities"}' \
+    '{"execute":"qom-list","arguments":{"path":"/machine/peripheral"}}' '{"execute":"quit"}' |
+    timeout 120 qemu-system-x86_64 -accel tcg -M q35 -m 256 -nodefaults -display none -S \
+        -device vfio-pci,host=$vf1,id=nvf0 -qmp stdio > qmp.out 2> qmp.err
 rc=0; passthru vf count "$pf" 0 2> busy.err || rc=$?; echo $rc > busy.rc
 passthru restore "$vf1" --json > restore.json
 passthru vf count "$pf" --restore --json > restore-count.json
@@ -179,6 +184,9 @@ def test_nvme_vfs_through_the_same_count(guest: GuestRun):
     assert (listed["numvfs"], listed["totalvfs"], listed["netdev"], listed["source"]) == (2, 2, None, "sysfs")
     assert guest.file("over.rc").strip() == "2" and "at most 2 (sriov_totalvfs)" in guest.file("over.err")
     assert guest.json("bind.json")["devices"][0]["after"] == "vfio-pci"
+    peripherals = [json.loads(line) for line in guest.file("qmp.out").splitlines() if line.startswith("{")]
+    names = [p["name"] for r in peripherals if isinstance(r.get("return"), list) for p in r["return"]]
+    assert "nvf0" in names, guest.file("qmp.out") + guest.file("qmp.err")
     assert guest.file("busy.rc").strip() == "2"
     assert f"VF 0 ({slot}.1) is bound to vfio-pci" in guest.file("busy.err")
     assert guest.json("restore.json")["devices"][0]["status"] == "restored"
