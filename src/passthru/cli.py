@@ -388,6 +388,7 @@ def capture(
 
 from . import cli_vfio  # noqa: E402,F401  (registers bind, restore, status, reconcile, apply-boot, units)
 from . import cli_vm  # noqa: E402,F401  (registers model, assign, release, assignments, qemu-args, libvirt-xml, attach, detach)
+from . import cli_agent  # noqa: E402,F401  (registers serve)
 from . import cli_vf  # noqa: E402,F401  (registers vf: count, list, set, reset, switchdev, offload)
 from . import cli_vgpu  # noqa: E402,F401  (registers vgpu types, list, create, remove, start-persisted)
 

@@ -1,0 +1,25 @@
+"""``passthru serve``: the agent, a FastAPI app on uvicorn over the same service layer as the CLI.
+
+    api.py      create_app(): endpoints, request validation, errors as JSON, bearer-token gate
+    core.py     Agent: the inventory snapshot kept in memory, writes, reconcile, VM liveness
+    events.py   hot-plug events (pyudev, kernel uevents) debounced into inventory refreshes
+    vms.py      which VMs run: QEMU processes by -name / -uuid
+    metrics.py  GET /metrics (Prometheus text format)
+    server.py   where it listens (unix socket 0600 by default; TCP with a token), uvicorn
+"""
+
+from __future__ import annotations
+
+__all__ = ["create_app", "AgentServer", "parse_listen", "load_token"]
+
+
+def __getattr__(name: str):  # lazy: importing the package must not import FastAPI
+    if name == "create_app":
+        from .api import create_app
+
+        return create_app
+    if name in ("AgentServer", "parse_listen", "load_token"):
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(name)
