@@ -42,7 +42,7 @@ from .host.pci import normalize_address
 from .host.root import HostRoot
 from .kinds.vgpu import (MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, candidates, capacity, find_parent,
                          match_type, pick, scan_parents, unknown_type)
-from .statefs import FileLock, fsync_dir, write_atomic
+from .statefs import FileLock, fsync_dir, read_record, write_atomic
 from .vfio.kernel import Kernel
 
 __all__ = ["MdevKernel", "Record", "MdevStore", "VgpuResult", "VgpuOutcome", "create", "remove", "start_persisted",
@@ -136,16 +136,7 @@ def _now() -> str:
 
 
 def _load(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable ({e}); move it away") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: not a JSON object; move it away")
-    return doc
+    return read_record(path)
 
 
 def _ls(d: str) -> list[str]:

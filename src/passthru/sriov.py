@@ -32,7 +32,7 @@ from .config import Paths
 from .errors import HostError, NotFoundError, UsageError
 from .host.pci import normalize_address
 from .host.root import HostRoot
-from .statefs import FileLock, caller, fsync_dir, write_atomic
+from .statefs import FileLock, caller, fsync_dir, read_record, write_atomic
 from .vfio.kernel import Kernel
 
 __all__ = ["PfRef", "VfEntry", "PfState", "SriovKernel", "SriovStore", "CountResult", "resolve_pf", "read_pf",
@@ -240,15 +240,7 @@ class SriovStore:
         return os.path.join(self.dir, name + ".json")
 
     def _load(self, name: str) -> dict | None:
-        path = self._path(name)
-        try:
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise HostError(f"{path}: unreadable ({e}); move it away and retry") from None
-        return doc if isinstance(doc, dict) else None
+        return read_record(self._path(name), "move it away and retry")
 
     def _save(self, name: str, doc: dict) -> dict:
         doc = {"schema": _SCHEMA, **doc, "since": doc.get("since") or _now(), "by": doc.get("by") or caller()}

@@ -11,7 +11,26 @@ import os
 
 from .errors import HostError
 
-__all__ = ["write_atomic", "fsync_dir", "FileLock", "caller"]
+__all__ = ["write_atomic", "fsync_dir", "FileLock", "caller", "read_record"]
+
+
+def read_record(path: str, fix: str = "move it away") -> dict | None:
+    """A JSON object record passthru wrote (a journal entry, a persisted definition); None when the file is not
+    there. An unreadable or foreign file is a ConfigError naming the file and ``fix``."""
+    import json
+
+    from .errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: not a JSON object; {fix}")
+    return doc
 
 
 def caller() -> dict:

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from ..config import Paths
 from ..errors import ConfigError
-from ..statefs import FileLock, caller, fsync_dir, write_atomic
+from ..statefs import FileLock, caller, fsync_dir, read_record, write_atomic
 
 __all__ = ["Holding", "Store", "BINDING", "BOUND", "RESTORING"]
 
@@ -77,16 +77,7 @@ class Store:
 
     @staticmethod
     def _load(path: str) -> dict | None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable ({e}); move it away and run `passthru reconcile`") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: not a JSON object; move it away and run `passthru reconcile`")
-        return doc
+        return read_record(path, "move it away and run `passthru reconcile`")
 
     def get(self, addr: str) -> Holding | None:
         doc = self._load(self._hold_path(addr))
