@@ -42,7 +42,7 @@ from .host.pci import normalize_address
 from .host.root import HostRoot
 from .kinds.vgpu import (MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, candidates, capacity, find_parent,
                          match_type, pick, scan_parents, unknown_type)
-from .statefs import FileLock, fsync_dir, read_record, write_atomic
+from .statefs import FileLock, fsync_dir, read_record, write_atomic, write_if_changed
 from .vfio.kernel import Kernel
 
 __all__ = ["MdevKernel", "Record", "MdevStore", "VgpuResult", "VgpuOutcome", "create", "remove", "start_persisted",
@@ -214,15 +214,7 @@ class MdevStore:
         if old is not None and old["parent"] != parent:
             self.undefine(ident)
         path = os.path.join(self.def_dir, parent, f"{ident}.json")
-        try:
-            with open(path, "rb") as f:
-                if f.read() == data:
-                    return False
-        except OSError:
-            pass
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        write_atomic(path, data, 0o644)
-        return True
+        return write_if_changed(path, data, 0o644)
 
     def undefine(self, ident: str) -> bool:
         d = self.definition(ident)

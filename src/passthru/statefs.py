@@ -11,7 +11,21 @@ import os
 
 from .errors import HostError
 
-__all__ = ["write_atomic", "fsync_dir", "FileLock", "caller", "read_record"]
+__all__ = ["write_atomic", "write_if_changed", "fsync_dir", "FileLock", "caller", "read_record"]
+
+
+def write_if_changed(path: str, data: bytes, mode: int = 0o644) -> bool:
+    """:func:`write_atomic` unless ``path`` already holds exactly ``data`` (creating its directory 0755);
+    True when it wrote: the "changed" / "unchanged" of idempotent commands."""
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return False
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    write_atomic(path, data, mode)
+    return True
 
 
 def read_record(path: str, fix: str = "move it away") -> dict | None:

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from ..config import Paths
 from ..errors import ConfigError
-from ..statefs import FileLock, caller, fsync_dir, read_record, write_atomic
+from ..statefs import FileLock, caller, fsync_dir, read_record, write_atomic, write_if_changed
 
 __all__ = ["Holding", "Store", "BINDING", "BOUND", "RESTORING"]
 
@@ -124,15 +124,7 @@ class Store:
                "driver": "vfio-pci"}
         data = (json.dumps(doc, indent=2) + "\n").encode()
         path = self._persist_path(rec.address)
-        try:
-            with open(path, "rb") as f:
-                if f.read() == data:
-                    return False
-        except OSError:
-            pass
-        os.makedirs(self.persist_dir, mode=0o755, exist_ok=True)
-        write_atomic(path, data, 0o644)
-        return True
+        return write_if_changed(path, data, 0o644)
 
     def unpersist(self, addr: str) -> bool:
         gone = _unlink(self._persist_path(addr))
