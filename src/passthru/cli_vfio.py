@@ -106,8 +106,12 @@ def status(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
         _emit_json(doc)
         return
     con = _console()
-    if not doc["held"] and not doc["persisted"]:
+    if not doc["held"] and not doc["persisted"] and not doc["operations"]:
         con.print("passthru holds no devices", markup=False)
+    for op in doc["operations"]:
+        what = "running" if op["running"] else "interrupted: run `passthru reconcile`"
+        con.print(f"{op['kind']} of {', '.join(op['members'])} (pid {op['pid']}, since {op['started']}): {what}",
+                  markup=False)
     for x in doc["held"]:
         state = "ok" if x["consistent"] else f"{x['phase']}, driver now {x['driver'] or 'none'}: run passthru reconcile"
         con.print(f"{x['address']}  {x['vendor_id']}:{x['device_id']}  group {x['iommu_group']}  "

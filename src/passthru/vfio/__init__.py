@@ -6,13 +6,15 @@
     reconcile(h, paths)                                 # finish what a killed process left
     apply_boot(h, paths)                                # re-apply persisted bindings at boot
 
-``kernel.py`` is the only writer of driver bindings; ``state.py`` the journal, persisted bindings and audit log.
+``kernel.py`` is the only writer of driver bindings; ``state.py`` the per-device records, persisted bindings and
+audit log (a whole operation's intent goes to ``passthru.journal`` first); ``recover.py`` reconcile and apply-boot.
 """
 
 from .kernel import VFIO_PCI, Kernel
 from .plan import OVERRIDES, Refusal, RefusedError, TakeoverPlan, parse_addresses, plan_bind
 from .state import BINDING, BOUND, RESTORING, Holding, Store
-from .takeover import DeviceResult, Outcome, apply_boot, bind, reconcile, restore, status
+from .recover import apply_boot, reconcile
+from .takeover import DeviceResult, Outcome, bind, restore, status
 
 __all__ = ["Kernel", "VFIO_PCI", "OVERRIDES", "Refusal", "RefusedError", "TakeoverPlan", "parse_addresses",
            "plan_bind", "Holding", "Store", "BINDING", "BOUND", "RESTORING", "DeviceResult", "Outcome", "bind",

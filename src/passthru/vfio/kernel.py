@@ -24,6 +24,7 @@ import time
 from typing import Callable
 
 from ..errors import HostError, UsageError
+from ..failpoints import hit
 from ..host.root import HostRoot
 
 __all__ = ["Kernel", "VFIO_PCI", "WAIT_SECONDS"]
@@ -114,6 +115,7 @@ class Kernel:
         except OSError as e:
             hint = _ERRNO_HINTS.get(e.errno or 0, e.strerror or str(e))
             raise HostError(f"{what}: {hint} ({os.strerror(e.errno) if e.errno else e})") from None
+        hit(f"kernel.{os.path.basename(path)}")  # crash tests: a kill right after each host write
 
     def set_override(self, addr: str, driver: str | None) -> None:
         if self.override_of(addr) == driver:

@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Iterator
 
 from ..config import Paths
 from ..errors import ConfigError
+from ..journal import Journal
 from ..statefs import FileLock, caller, fsync_dir, read_record, write_atomic, write_if_changed
 
 __all__ = ["Holding", "Store", "BINDING", "BOUND", "RESTORING"]
 
 BINDING, BOUND, RESTORING = "binding", "bound", "restoring"
 _SCHEMA = 1
+_FULL_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +44,53 @@ class Holding:
     persist: bool = False
     since: str = ""
     by: str = ""
+    op: str | None = None  # the journal operation (journal.py) that took it over
 
     def to_json(self) -> dict:
         return {"schema": _SCHEMA, **asdict(self)}
 
     @classmethod
-    def from_json(cls, doc: dict, where: str) -> "Holding":
+    def from_json(cls, doc: dict, where: str, name: str | None = None) -> "Holding":
+        """A record read back, checked field by field: its values end up in sysfs paths (the address, the prior
+        driver), so a foreign or tampered file is refused, naming it, instead of being acted on."""
         names = {f.name for f in fields(cls)}
+        fix = "move it away and run `passthru reconcile`"
         try:
-            return cls(**{k: v for k, v in doc.items() if k in names})
+            rec = cls(**{k: v for k, v in doc.items() if k in names})
         except TypeError as e:
-            raise ConfigError(f"{where}: not a passthru holding record ({e}); move it away and run "
-                              "`passthru reconcile`") from None
+            raise ConfigError(f"{where}: not a passthru holding record ({e}); {fix}") from None
+        problem = _invalid(rec, name)
+        if problem:
+            raise ConfigError(f"{where}: not a passthru holding record ({problem}); {fix}")
+        return rec
+
+
+_HEX4 = re.compile(r"^[0-9a-f]{4}$")
+_DRIVER = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+
+
+def valid_driver(name: object) -> bool:
+    """A kernel driver name as it appears under /sys/bus/pci/drivers (never a path)."""
+    return isinstance(name, str) and bool(_DRIVER.match(name)) and name not in (".", "..")
+
+
+def _invalid(rec: Holding, name: str | None) -> str | None:
+    if not isinstance(rec.address, str) or not _FULL_BDF.match(rec.address):
+        return f"address {rec.address!r} is not a PCI address"
+    if name is not None and name != rec.address:
+        return f"the file is named {name!r} but holds {rec.address}"
+    if not (isinstance(rec.vendor_id, str) and _HEX4.match(rec.vendor_id)
+            and isinstance(rec.device_id, str) and _HEX4.match(rec.device_id)):
+        return "vendor_id/device_id are not 4-digit hex IDs"
+    if rec.prior_driver is not None and not valid_driver(rec.prior_driver):
+        return f"prior_driver {rec.prior_driver!r} is not a driver name"
+    if rec.prior_override is not None and not valid_driver(rec.prior_override):
+        return f"prior_override {rec.prior_override!r} is not a driver name"
+    if rec.phase not in (BINDING, BOUND, RESTORING):
+        return f"phase {rec.phase!r} is not one of binding, bound, restoring"
+    if rec.iommu_group is not None and (isinstance(rec.iommu_group, bool) or not isinstance(rec.iommu_group, int)):
+        return "iommu_group is not a number"
+    return None
 
 
 def _now() -> str:
@@ -67,6 +105,7 @@ class Store:
         self.hold_dir = os.path.join(paths.state_dir, "vfio")
         self.persist_dir = os.path.join(paths.config_dir, "vfio.d")
         self.audit_path = os.path.join(paths.state_dir, "audit.log")
+        self.journal = Journal(os.path.join(paths.state_dir, "journal"))
 
     def lock(self) -> FileLock:
         return FileLock(os.path.join(self.paths.state_dir, "vfio.lock"), "a bind/restore")
@@ -80,16 +119,18 @@ class Store:
         return read_record(path, "move it away and run `passthru reconcile`")
 
     def get(self, addr: str) -> Holding | None:
+        if not _FULL_BDF.match(addr):
+            return None  # never a path: only a normalized PCI address names a record
         doc = self._load(self._hold_path(addr))
-        return None if doc is None else Holding.from_json(doc, self._hold_path(addr))
+        return None if doc is None else Holding.from_json(doc, self._hold_path(addr), addr)
 
     def holdings(self) -> list[Holding]:
         out = []
-        for name in sorted(_listdir(self.hold_dir)):
-            if name.endswith(".json") and not name.startswith("."):
-                h = self.get(name[:-5])
-                if h is not None:
-                    out.append(h)
+        for name in _names(self.hold_dir):
+            path = os.path.join(self.hold_dir, name)
+            doc = self._load(path)
+            if doc is not None:
+                out.append(Holding.from_json(doc, path, name[:-5]))
         return out
 
     def save(self, rec: Holding) -> Holding:
@@ -108,11 +149,15 @@ class Store:
 
     def persisted(self) -> list[dict]:
         out = []
-        for name in sorted(_listdir(self.persist_dir)):
-            if name.endswith(".json") and not name.startswith("."):
-                doc = self._load(os.path.join(self.persist_dir, name))
-                if doc is not None and isinstance(doc.get("address"), str):
-                    out.append(doc)
+        for name in _names(self.persist_dir):
+            path = os.path.join(self.persist_dir, name)
+            doc = self._load(path)
+            if doc is None:
+                continue
+            if doc.get("address") != name[:-5] or not _FULL_BDF.match(name[:-5]):
+                raise ConfigError(f"{path}: not a persisted passthru binding (its name and address disagree); "
+                                  "move it away (`passthru bind ADDRESS --persist` writes a new one)")
+            out.append(doc)
         return out
 
     def is_persisted(self, addr: str) -> bool:
@@ -156,11 +201,16 @@ class Store:
             return
 
 
-def _listdir(d: str) -> list[str]:
+def _names(d: str) -> list[str]:
+    """The record files in ``d`` (sorted); none when ``d`` does not exist. A directory passthru cannot read is an
+    error, never "nothing held"."""
     try:
-        return os.listdir(d)
-    except OSError:
+        names = os.listdir(d)
+    except FileNotFoundError:
         return []
+    except OSError as e:
+        raise ConfigError(f"cannot read {d} ({e.strerror}): run as root, or pass --state-dir / --config-dir") from None
+    return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
 
 
 def _unlink(path: str) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from ..config import Paths
 from ..errors import HostError, PassthruError, UsageError
+from ..failpoints import hit
 from ..host.iommu import is_vfio_driver
 from ..host.pci import PciFunction, read_function
 from ..host.root import HostRoot
@@ -22,7 +23,7 @@ from .kernel import VFIO_PCI, Kernel
 from .plan import TakeoverPlan, parse_addresses, plan_bind
 from .state import BINDING, BOUND, RESTORING, Holding, Store
 
-__all__ = ["DeviceResult", "Outcome", "bind", "restore", "reconcile", "apply_boot", "status"]
+__all__ = ["DeviceResult", "Outcome", "bind", "restore", "status", "give_back_one", "give_back"]
 
 
 @dataclass(slots=True)
@@ -92,47 +93,69 @@ def bind(h: HostRoot, paths: Paths, addresses: list[str], *, group: bool = False
 
 
 def _bind_locked(h: HostRoot, k: Kernel, store: Store, plan: TakeoverPlan, out: Outcome) -> None:
+    """What moves is decided first and recorded as one intent (the journal), then each device is written: a kill
+    at any point leaves the intent, and reconcile finishes the whole set or gives every member back."""
+    moving: list[PciFunction] = []
+    for fn in plan.functions:
+        now = read_function(h, fn.address, find_vf_index=False) or fn
+        if not is_vfio_driver(now.driver):
+            moving.append(now)
+            continue
+        held = store.get(fn.address)
+        note = ""
+        if held is None or held.phase != BOUND:
+            vid, did = _ids(now)
+            store.save(held and replace(held, phase=BOUND) or Holding(
+                fn.address, vid, did, now.iommu_group, None, now.driver_override, BOUND, by="adopted"))
+            note = "already on vfio-pci; now recorded (restore lets the kernel pick its driver)"
+        out.devices.append(DeviceResult(fn.address, now.driver, now.driver, "unchanged", note,
+                                        plan.mates.get(fn.address)))
+    if not moving:
+        return
+    k.modprobe("vfio-pci", VFIO_PCI)  # loading the module moves no device: it comes before the intent
+    op = store.journal.begin("vfio.bind", members=[_member(fn) for fn in moving])
     touched: list[Holding] = []
     try:
-        for fn in plan.functions:
-            now = read_function(h, fn.address, find_vf_index=False) or fn
-            held = store.get(fn.address)
-            mate = plan.mates.get(fn.address)
-            if is_vfio_driver(now.driver):
-                note = ""
-                if held is None or held.phase != BOUND:
-                    vid, did = _ids(now)
-                    store.save(held and replace(held, phase=BOUND) or Holding(
-                        fn.address, vid, did, now.iommu_group, None, now.driver_override, BOUND,
-                        by="adopted"))
-                    note = "already on vfio-pci; now recorded (restore lets the kernel pick its driver)"
-                out.devices.append(DeviceResult(fn.address, now.driver, now.driver, "unchanged", note, mate))
-                continue
-            k.modprobe("vfio-pci", VFIO_PCI)
+        hit("vfio.bind.intent")
+        for now in moving:
             vid, did = _ids(now)
-            rec = store.save(Holding(fn.address, vid, did, now.iommu_group, now.driver, now.driver_override,
-                                     BINDING))
+            rec = store.save(Holding(now.address, vid, did, now.iommu_group, now.driver, now.driver_override,
+                                     BINDING, op=op.id))
             touched.append(rec)
-            store.audit("bind", fn.address, now.driver, VFIO_PCI)
-            k.set_override(fn.address, VFIO_PCI)
-            k.unbind(fn.address)
-            k.probe(fn.address)
-            k.wait_bound(fn.address, VFIO_PCI, need_node=True)
+            hit("vfio.bind.record")
+            store.audit("bind", now.address, now.driver, VFIO_PCI)
+            k.set_override(now.address, VFIO_PCI)
+            k.unbind(now.address)
+            k.probe(now.address)
+            k.wait_bound(now.address, VFIO_PCI, need_node=True)
             store.save(replace(rec, phase=BOUND))
-            out.devices.append(DeviceResult(fn.address, now.driver, VFIO_PCI, "changed", mate_of=mate))
+            hit("vfio.bind.bound")
+            out.devices.append(DeviceResult(now.address, now.driver, VFIO_PCI, "changed",
+                                            mate_of=plan.mates.get(now.address)))
+        op.done()
     except PassthruError as e:
         failed = _roll_back(k, store, touched, out)
+        op.release() if failed else op.done()  # what could not be given back stays for reconcile
         out.error = str(e)
         msg = f"{e}; " + ("every device is back on its prior driver" if not failed else
                           f"could not give back {', '.join(failed)}: run `passthru reconcile`")
         raise HostError(msg) from None
+    except BaseException:
+        op.release()
+        raise
+
+
+def _member(fn: PciFunction) -> dict:
+    vid, did = _ids(fn)
+    return {"address": fn.address, "vendor_id": vid, "device_id": did, "iommu_group": fn.iommu_group,
+            "prior_driver": fn.driver, "prior_override": fn.driver_override}
 
 
 def _roll_back(k: Kernel, store: Store, touched: list[Holding], out: Outcome) -> list[str]:
     failed = []
     for rec in reversed(touched):
         try:
-            _give_back(k, store, rec)
+            give_back(k, store, rec)
             out.devices.append(DeviceResult(rec.address, VFIO_PCI, rec.prior_driver, "rolled back"))
         except PassthruError as e:
             failed.append(rec.address)
@@ -140,11 +163,12 @@ def _roll_back(k: Kernel, store: Store, touched: list[Holding], out: Outcome) ->
     return failed
 
 
-def _give_back(k: Kernel, store: Store, rec: Holding) -> None:
+def give_back(k: Kernel, store: Store, rec: Holding) -> None:
     """Return one device to its prior driver and drop its record; the record stays (phase restoring) when the
     kernel does not cooperate, so reconcile can retry."""
     if rec.phase != RESTORING:
         rec = store.save(replace(rec, phase=RESTORING))
+        hit("vfio.restore.record")
     before = k.driver_of(rec.address)
     if k.present(rec.address):
         k.set_override(rec.address, rec.prior_override)
@@ -160,6 +184,7 @@ def _give_back(k: Kernel, store: Store, rec: Holding) -> None:
                 k.wait_bound(rec.address, prior)
     store.audit("restore", rec.address, before, k.driver_of(rec.address))
     store.drop(rec.address)
+    hit("vfio.restore.dropped")
 
 
 # -- restore ------------------------------------------------------------------------------------------------------
@@ -182,109 +207,47 @@ def restore(h: HostRoot, paths: Paths, addresses: list[str] | None, *, kernel: K
             for a in list(order):
                 g = held[a].iommu_group
                 order += [m for m, r in held.items() if g is not None and r.iommu_group == g and m not in order]
-        errors = []
-        for a in order:
-            rec = held[a]
-            before = k.driver_of(a)
-            if not k.present(a):
-                store.drop(a)
-                store.unpersist(a)
-                store.audit("drop", a, None, None, reason="device gone from the host")
-                out.devices.append(DeviceResult(a, None, None, "dropped", "gone from the host; record dropped"))
-                continue
-            try:
-                _give_back(k, store, rec)
-            except PassthruError as e:
-                errors.append(f"{a}: {e}")
-                out.devices.append(DeviceResult(a, before, k.driver_of(a), "failed", str(e)))
-                continue
-            if store.unpersist(a):
-                store.audit("unpersist", a, VFIO_PCI, None)
-            mate = None if a in requested else next(
-                (r for r in requested if held[r].iommu_group == rec.iommu_group), None)
-            out.devices.append(DeviceResult(a, before, k.driver_of(a), "restored",
-                                            "" if rec.prior_driver else "had no driver before", mate))
+        errors: list[str] = []
+        if order:
+            with store.journal.begin("vfio.restore", members=order) as op:
+                hit("vfio.restore.intent")
+                for a in order:
+                    mate = None if a in requested else next(
+                        (r for r in requested if held[r].iommu_group == held[a].iommu_group), None)
+                    give_back_one(k, store, held[a], out, errors, mate)
+                if errors:
+                    op.release()  # the intent stays: reconcile retries what the kernel refused
         if errors:
             out.error = "; ".join(errors)
             raise HostError(out.error + " — the record is kept: fix the cause and run `passthru reconcile`")
     return out
 
 
-# -- reconcile, apply-boot, status --------------------------------------------------------------------------------
-def reconcile(h: HostRoot, paths: Paths, *, kernel: Kernel | None = None) -> Outcome:
-    """Bring records and host back in line after a crash, a reboot or changes made outside passthru."""
-    store = Store(paths)
-    k = kernel or Kernel(h)
-    out = Outcome("reconcile")
-    k.require_live()
-    with store.lock():
-        for rec in store.holdings():
-            a = rec.address
-            fn = read_function(h, a, find_vf_index=False)
-            if fn is None:
-                out.devices.append(DeviceResult(a, None, None, "lost", "not on the host; record kept"))
-                continue
-            if _ids(fn) != (rec.vendor_id, rec.device_id):
-                store.drop(a)
-                store.audit("drop", a, None, None, reason="another device in this slot")
-                out.devices.append(DeviceResult(a, fn.driver, fn.driver, "dropped",
-                                                f"now {fn.ids}, recorded {rec.vendor_id}:{rec.device_id}"))
-                continue
-            node = fn.iommu_group is not None and h.exists(k.vfio_node(fn.iommu_group))
-            if rec.phase == BOUND and fn.driver == VFIO_PCI:
-                out.devices.append(DeviceResult(a, fn.driver, fn.driver, "unchanged"))
-            elif rec.phase == BINDING and fn.driver == VFIO_PCI and node:
-                store.save(replace(rec, phase=BOUND))
-                store.audit("reconcile", a, BINDING, BOUND)
-                out.devices.append(DeviceResult(a, fn.driver, fn.driver, "changed", "bind completed"))
-            elif rec.phase == BOUND and fn.driver not in (None, VFIO_PCI):
-                store.drop(a)
-                store.audit("drop", a, VFIO_PCI, fn.driver, reason="rebound outside passthru (or rebooted)")
-                out.devices.append(DeviceResult(a, VFIO_PCI, fn.driver, "dropped",
-                                                f"on {fn.driver} now (rebound outside passthru, or a reboot)"))
-            else:
-                try:
-                    _give_back(k, store, rec)
-                    out.devices.append(DeviceResult(a, fn.driver, k.driver_of(a), "restored",
-                                                    f"unfinished {rec.phase}: given back to "
-                                                    f"{rec.prior_driver or 'no driver'}"))
-                except PassthruError as e:
-                    out.devices.append(DeviceResult(a, fn.driver, k.driver_of(a), "failed", str(e)))
-                    out.error = f"{a}: {e}"
-    return out
+def give_back_one(k: Kernel, store: Store, rec: Holding, out: Outcome, errors: list[str], mate: str | None = None
+                  ) -> None:
+    """restore's step for one held device: back to its prior driver (or the record dropped when the device is gone),
+    boot persistence removed; a kernel refusal is collected in ``errors`` and the record kept."""
+    a = rec.address
+    before = k.driver_of(a)
+    if not k.present(a):
+        store.drop(a)
+        store.unpersist(a)
+        store.audit("drop", a, None, None, reason="device gone from the host")
+        out.devices.append(DeviceResult(a, None, None, "dropped", "gone from the host; record dropped"))
+        return
+    try:
+        give_back(k, store, rec)
+    except PassthruError as e:
+        errors.append(f"{a}: {e}")
+        out.devices.append(DeviceResult(a, before, k.driver_of(a), "failed", str(e)))
+        return
+    if store.unpersist(a):
+        store.audit("unpersist", a, VFIO_PCI, None)
+    out.devices.append(DeviceResult(a, before, k.driver_of(a), "restored",
+                                    "" if rec.prior_driver else "had no driver before", mate))
 
 
-def apply_boot(h: HostRoot, paths: Paths, *, kernel: Kernel | None = None) -> Outcome:
-    """At boot: reconcile, then bind every persisted device, one IOMMU group at a time (one group's failure does
-    not stop the others)."""
-    out = reconcile(h, paths, kernel=kernel)
-    out.action = "apply-boot"
-    store = Store(paths)
-    groups: dict[object, list[str]] = {}
-    for doc in store.persisted():
-        a = doc["address"]
-        fn = read_function(h, a, find_vf_index=False)
-        if fn is None:
-            out.devices.append(DeviceResult(a, None, None, "lost", "persisted, but not on the host"))
-            continue
-        if (f"{fn.vendor_id:04x}", f"{fn.device_id:04x}") != (doc.get("vendor_id"), doc.get("device_id")):
-            out.devices.append(DeviceResult(a, fn.driver, fn.driver, "failed",
-                                            f"persisted for {doc.get('vendor_id')}:{doc.get('device_id')}, "
-                                            f"the slot now holds {fn.ids}: not bound"))
-            out.error = out.error or f"{a}: a different device is in this slot"
-            continue
-        groups.setdefault(fn.iommu_group if fn.iommu_group is not None else a, []).append(a)
-    for members in groups.values():
-        try:
-            res = bind(h, paths, members, group=True, kernel=kernel)
-            out.devices += res.devices
-            out.warnings += res.warnings
-        except PassthruError as e:
-            out.error = out.error or str(e)
-            out.devices += [DeviceResult(a, None, None, "failed", str(e)) for a in members]
-    return out
-
-
+# -- status -------------------------------------------------------------------------------------------
 def status(h: HostRoot, paths: Paths) -> dict:
     """What passthru holds (with the driver each device has now), and what is persisted for boot."""
     store = Store(paths)
@@ -295,4 +258,8 @@ def status(h: HostRoot, paths: Paths) -> dict:
         held.append({**rec.to_json(), "present": k.present(rec.address), "driver": now,
                      "persisted": store.is_persisted(rec.address),
                      "consistent": rec.phase == BOUND and now == VFIO_PCI})
-    return {"schema": 1, "held": held, "persisted": store.persisted()}
+    live = {d["id"] for d in store.journal.live("vfio.")}
+    ops = [{"id": d["id"], "kind": d["kind"], "started": d.get("started"), "pid": d.get("pid"),
+            "members": [m["address"] if isinstance(m, dict) else m for m in d.get("members") or []],
+            "running": d["id"] in live} for d in store.journal.entries("vfio.")]
+    return {"schema": 1, "held": held, "persisted": store.persisted(), "operations": ops}
