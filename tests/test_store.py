@@ -331,10 +331,10 @@ def test_claim_input_checks(store):
 
 
 def test_same_vm_name_with_another_uuid_is_refused(store):
-    store.claim("vm1", ["pci:0000:18:00.0"], vm_uuid="uuid-a")
-    with pytest.raises(ClaimError, match="UUID uuid-a, not uuid-b"):
-        store.claim("vm1", ["pci:0000:19:00.0"], vm_uuid="uuid-b")
-    store.claim("vm1", ["pci:0000:19:00.0"], vm_uuid="uuid-a")
+    store.claim("vm1", ["pci:0000:18:00.0"], vm_uuid="aaaaaaaa-0000-4000-8000-00000000000a")
+    with pytest.raises(ClaimError, match="UUID aaaaaaaa-0000-4000-8000-00000000000a, not bbbbbbbb"):
+        store.claim("vm1", ["pci:0000:19:00.0"], vm_uuid="bbbbbbbb-0000-4000-8000-00000000000b")
+    store.claim("vm1", ["pci:0000:19:00.0"], vm_uuid="aaaaaaaa-0000-4000-8000-00000000000a")
 
 
 # -- claim_any -----------------------------------------------------------------------------------------------------

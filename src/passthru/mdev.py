@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import time
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from .config import Paths
 from .errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
 from .host.pci import normalize_address
+from .names import check_vm
 from .host.root import HostRoot
 from .kinds.vgpu import (MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, candidates, capacity, find_parent,
                          match_type, pick, scan_parents, unknown_type)
@@ -50,7 +50,6 @@ __all__ = ["MdevKernel", "Record", "MdevStore", "VgpuResult", "VgpuOutcome", "cr
 
 CREATING, CREATED, REMOVING = "creating", "created", "removing"
 _SCHEMA = 1
-_VM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HINTS = {
     errno.EEXIST: "a mediated device with this UUID already exists",
     errno.EUSERS: "no instance of this type is left on the parent",
@@ -340,8 +339,8 @@ def create(h: HostRoot, paths: Paths, parent: str | None, type_text: str, *, uui
     removed when the VM releases it (:func:`release_created`)."""
     if placement not in ("pack", "spread"):
         raise UsageError(f"--placement {placement!r}: pack or spread")
-    if vm is not None and not _VM_RE.match(vm):
-        raise UsageError(f"VM name {vm!r}: use letters, digits, '-', '_' or '.'")
+    if vm is not None:
+        check_vm(vm)
     if vm is not None and persist:
         raise UsageError("--vm makes a vGPU for one assignment (removed on release), --persist one that outlives "
                          "it: choose one")

@@ -16,6 +16,7 @@ from ..config import BUILTIN_KINDS
 from ..discovery import Inventory
 from ..errors import NotFoundError, PassthruError, UsageError
 from ..host.iommu import is_vfio_driver
+from ..names import check_uuid, check_vm
 from .records import records_from
 from .spec import Spec, parse_spec
 from .store import Assignment, ClaimError, Store
@@ -176,8 +177,8 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
     """Claim the devices ``texts`` name for ``vm`` and take their PCI groups over for vfio-pci. ``vf_options``
     (mac, vlan, qos, spoofchk, trust, min_tx_rate, max_tx_rate, link_state) configure each NIC VF assigned, through
     its PF (kinds/nic_vf.py); the prior settings are kept and put back on release."""
-    if not vm or not vm.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise UsageError(f"VM name {vm!r}: use letters, digits, '-', '_' or '.'")
+    check_vm(vm)
+    vm_uuid = None if vm_uuid is None else check_uuid(vm_uuid)
     if numa_policy not in ("strict", "prefer"):
         raise UsageError(f"--numa-policy {numa_policy!r}: strict or prefer")
     specs = [parse_spec(t) for t in texts]

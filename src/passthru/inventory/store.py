@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from ..config import BUILTIN_KINDS, Paths
 from ..errors import HostError, NotFoundError, UsageError
 from . import claims as rules
+from ..names import check_uuid, check_vm
 from .base import STATES, Assignment, ClaimError, InvalidState, actor, now, write_audit
 from .engine import fork_guard, make_engine, reading, writing
 from .schema import ACTIVE_STATES, LATEST, MIGRATIONS, assignments, audit, devices, models, schema_migrations
@@ -49,10 +50,9 @@ _ACTIVE_OF_VM_DEVICE = _ACTIVE_OF_VM.where(_a.c.device == bindparam("device"))
 
 
 def _check_vm(vm: str, vm_uuid: str | None = None) -> None:
-    if not isinstance(vm, str) or not vm.strip() or len(vm) > 255:
-        raise UsageError(f"VM name must be a non-empty string of at most 255 characters, got {vm!r}")
-    if vm_uuid is not None and (not isinstance(vm_uuid, str) or not 0 < len(vm_uuid) <= 64):
-        raise UsageError(f"VM UUID must be a string of at most 64 characters, got {vm_uuid!r}")
+    check_vm(vm)
+    if vm_uuid is not None:
+        check_uuid(vm_uuid)
 
 
 def _default_url(paths: Paths | None) -> str:
