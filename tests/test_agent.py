@@ -278,7 +278,7 @@ def test_doctor_and_status(api):
     error(api.get("/doctor", params={"device": "not-a-device"}), 400, "bad_request")
     assert field_of(api.get("/doctor", params={"device": "a\x01b"})) == ["device.0"]
     st = api.get("/status").json()
-    assert st == {"schema": 1, "held": [], "persisted": []}
+    assert st == {"schema": 1, "held": [], "persisted": [], "operations": []}
 
 
 def test_a_broken_models_file_is_reported_until_fixed(host):

@@ -196,7 +196,7 @@ def test_serial_hints_and_who_is_scanned(server):
     assert held(s, "vm1") == ["serial:/dev/ttyS4"]
     # attach of a reserved port checks again (hot plug opens it now), before any QMP
     with pytest.raises(UsageError, match=r"open by qemu-system-x86 \(pid 9000\)"):
-        attach(s, "vm1", ["serial:/dev/ttyS4"], str(Path(b.root) / "no.qmp"))
+        attach(s, "vm1", ["serial:/dev/ttyS4"], _listening(Path(b.root) / "qmp.sock"))
     # consoles stay refused by the inventory, with the reason
     with pytest.raises(NotFoundError, match="console"):
         assign(s, "vm2", ["serial:/dev/ttyS0"], kernel=k)
@@ -276,7 +276,7 @@ def test_another_device_in_a_held_port_is_refused_until_released(server, capsys)
     with pytest.raises(UsageError, match=msg):  # the sync reports it once; the refusal lasts
         assign(s, "vm1", ["usb:1-1.3"], kernel=k)
     with pytest.raises(UsageError, match=msg):  # hot plug too, before any QMP
-        attach(s, "vm1", ["usb:1-1.3"], str(Path(b.root) / "no.qmp"))
+        attach(s, "vm1", ["usb:1-1.3"], _listening(Path(b.root) / "qmp.sock"))
     assert cli_main(["--root", str(b.root), "assign", "vm1", "usb:1-1.3"]) == 2
     assert "release it (`passthru release vm1 usb:1-1.3`)" in capsys.readouterr().err
     audit = [a for a in open_store(s).audit_log(50) if a["action"] == "usb.replaced"]
@@ -431,3 +431,16 @@ def test_doctor_json_carries_kind_checks(tmp_path, capsys):
     ids = {(c["id"], c["device"]) for c in json.loads(capsys.readouterr().out)["checks"]}
     assert {("gpu.large_bar", "0000:19:00.0"), ("gpu.companions", "0000:19:00.0"), ("gpu.rom", "0000:19:00.0"),
             ("serial.open", "/dev/ttyS4"), ("usb.identity", "1-1.3")} <= ids
+
+
+_SOCKETS: list = []
+
+
+def _listening(path: Path) -> str:
+    """A unix socket file at ``path`` (nothing answers QMP on it: the refusals under test come first)."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    _SOCKETS.append(sock)
+    return str(path)

@@ -68,23 +68,30 @@ def held(s: Store) -> dict[str, str]:
 # -- schema --------------------------------------------------------------------------------------------------------
 def test_migrate_is_idempotent_and_recorded(db_url):
     s = Store(db_url)
-    assert s.migrate() == LATEST == 2
+    assert s.migrate() == LATEST == 3
     assert s.migrate() == LATEST
     again = Store(db_url)
     assert again.migrate() == LATEST
-    assert [h["version"] for h in again.schema_history()] == [1, 2]
+    assert [h["version"] for h in again.schema_history()] == [1, 2, 3]
+
+
+def _old_claim(s: Store, vm: str, device: str) -> None:
+    """A holding as an older passthru wrote it (its columns only)."""
+    with s.engine.begin() as c:
+        c.exec_driver_sql("INSERT INTO assignments (vm, device, state, created, updated) "
+                          "VALUES (?, ?, 'reserved', 't', 't')", (vm, device))
 
 
 def test_v1_database_upgrades_to_latest(db_url):
     old = Store(db_url)
     assert old.migrate(to=1) == 1
     old.sync_devices(host())
-    old.claim("vm1", ["pci:0000:18:00.0"])
+    _old_claim(old, "vm1", "pci:0000:18:00.0")
     names = {ix["name"] for ix in inspect(old.engine).get_indexes("assignments")}
     assert "ix_assignments_vm_state" not in names
     old.close()
     new = Store(db_url)
-    assert new.migrate() == 2
+    assert new.migrate() == 3
     names = {ix["name"] for ix in inspect(new.engine).get_indexes("assignments")}
     assert {"uq_assignments_active_device", "ix_assignments_vm_state"} <= names
     assert held(new) == {"pci:0000:18:00.0": "vm1"}  # data made at v1 survives
@@ -92,7 +99,7 @@ def test_v1_database_upgrades_to_latest(db_url):
 
 def test_every_method_migrates_lazily(db_url):
     assert Store(db_url).devices() == []
-    assert [h["version"] for h in Store(db_url).schema_history()] == [1, 2]
+    assert [h["version"] for h in Store(db_url).schema_history()] == [1, 2, 3]
 
 
 def test_newer_database_is_refused(db_url, tmp_path):
@@ -119,6 +126,36 @@ def test_default_location_is_private_and_env_overrides(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "other.db")
 
 
+def test_v2_database_gets_pending_claims_into_the_one_holder_rule(db_url):
+    old = Store(db_url)
+    assert old.migrate(to=2) == 2
+    old.sync_devices(host())
+    _old_claim(old, "vm1", "pci:0000:18:00.0")
+    old.close()
+    new = Store(db_url)
+    assert new.migrate() == 3
+    assert [(a.device, a.state, a.op, a.takeover) for a in new.assignments()] == [
+        ("pci:0000:18:00.0", "reserved", None, None)]
+    row = dict(vm="vm2", device="pci:0000:18:00.0", state="pending", created="t", updated="t", op="x")
+    with pytest.raises(IntegrityError), new.engine.begin() as c:  # pending counts as holding, in the database
+        c.execute(insert(assignments).values(**row))
+
+
+def test_pending_claims_of_an_operation_finish_or_are_abandoned(store):
+    op = {"id": "0000000000000001-1", "takeover": "vfio"}
+    [a] = store.claim("vm1", ["pci:0000:18:00.0"], op=op)
+    b = store.claim_any("vm1", kind="gpu", op=op)
+    assert (a.state, a.op, a.takeover) == ("pending", op["id"], "vfio") and b.state == "pending"
+    with pytest.raises(ClaimError, match="already assigned to VM 'vm1'"):  # pending already holds
+        store.claim("vm2", ["pci:0000:18:00.0"])
+    assert {x.state for x in store.finish_op(op["id"])} == {"reserved"}
+    assert {x.state for x in store.assignments("vm1")} == {"reserved"}
+    other = {"id": "0000000000000002-1", "takeover": None}
+    store.claim("vm2", ["pci:0000:86:00.0"], op=other)
+    assert [x.device for x in store.abandon_op(other["id"])] == ["pci:0000:86:00.0"]
+    assert store.assignments("vm2") == [] and store.abandon_op(other["id"]) == []
+
+
 def test_database_enforces_one_active_holder(store):
     store.claim("vm1", ["pci:0000:18:00.0"])
     row = dict(vm="vm2", device="pci:0000:18:00.0", state="attached", created="t", updated="t")
@@ -140,7 +177,7 @@ def test_schema_and_claim_queries_compile_for_postgresql():
     ddl = [str(CreateTable(t).compile(dialect=pg)) for t in schema.metadata.sorted_tables]
     ddl += [str(CreateIndex(ix).compile(dialect=pg)) for t in schema.metadata.sorted_tables for ix in t.indexes]
     assert any("CREATE UNIQUE INDEX uq_assignments_active_device ON assignments (device) WHERE state IN "
-               "('reserved', 'attached')" in x for x in ddl)
+               "('pending', 'reserved', 'attached')" in x for x in ddl)
     for shape in (None, "strict", "prefer"):
         assert "NOT (EXISTS" in str(_pick_stmt(True, True, shape).compile(dialect=pg))
 
@@ -165,7 +202,7 @@ def test_concurrent_first_starts_migrate_once(tmp_path):
     for p in procs:
         p.join(10)
     assert got == [LATEST] * 4
-    assert [h["version"] for h in Store(url).schema_history()] == [1, 2]
+    assert [h["version"] for h in Store(url).schema_history()] == [1, 2, 3]
 
 
 # -- devices -------------------------------------------------------------------------------------------------------
@@ -433,10 +470,10 @@ def test_state_transitions(store):
         with pytest.raises(InvalidState) as e:
             store.set_state("vm1", dev, bad)
         assert e.value.current == "released" and e.value.requested == bad
-        assert e.value.expected == {"attached": ("reserved",), "reserved": ("attached",),
-                                    "released": ("reserved", "attached")}[bad]
+        assert e.value.expected == {"attached": ("reserved",), "reserved": ("pending", "attached"),
+                                    "released": ("pending", "reserved", "attached")}[bad]
         assert isinstance(e.value, UsageError)
-    with pytest.raises(UsageError, match="one of reserved, attached, released"):
+    with pytest.raises(UsageError, match="one of pending, reserved, attached, released"):
         store.set_state("vm1", dev, "running")
     with pytest.raises(NotFoundError, match="VM 'vm2' holds no device"):
         store.set_state("vm2", dev, "attached")

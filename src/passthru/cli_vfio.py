@@ -125,16 +125,36 @@ def status(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
 
 @app.command()
 def reconcile(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
-    """Finish what an interrupted bind/restore left and drop records the host no longer matches.
+    """Make the records agree with the kernel: finish or undo what an interrupted bind/restore/assign/release left
+    (every IOMMU group whole), take assigned devices over again, put back leftovers. Exit 1 when something
+    cannot be repaired (each with the command that would).
 
     Example: `passthru reconcile`.
     """
-    from .vfio import reconcile as do_reconcile
+    from .service.reconcile import reconcile as do_reconcile
 
     c: _Ctx = ctx.obj
-    out = do_reconcile(c.host, c.paths)
-    _print(out, as_json)
-    if out.error:
+    doc = do_reconcile(c, kernel=None)
+    if as_json:
+        _emit_json(doc)
+    else:
+        con = _console()
+        for d in doc["devices"]:
+            mate = f" (group mate of {d['group_mate_of']})" if d["group_mate_of"] else ""
+            note = f": {d['note']}" if d["note"] else ""
+            con.print(f"{d['address']}{mate}: {d['status']} ({d['before'] or 'no driver'} -> "
+                      f"{d['after'] or 'no driver'}){note}", markup=False)
+        inv = doc["inventory"]
+        for op in inv["operations"]:
+            con.print(f"{op['kind']} {op['op']} (VM {op['vm']}): {op.get('action', 'failed')}"
+                      + "".join(f"; {e}" for e in op.get("errors", [])), markup=False)
+        for a in inv["assignments"] + inv["leftovers"]:
+            con.print(f"VM {a['vm']} {a['device']}: {a['action']}" + (f" ({a['why']})" if a.get("why") else ""),
+                      markup=False)
+        if doc["error"]:
+            con.print(f"not repaired: {doc['error']}", markup=False)
+        con.print(doc["status"], markup=False)
+    if not doc["ok"]:
         raise typer.Exit(1)
 
 

@@ -146,8 +146,8 @@ def assignments(
 
 def _attachments(c: _Ctx, vm: str, x_vga: list[str], romfile: list[str], rombar_off: list[str], serial_bus: str):
     from .host.pci import normalize_address
-    from .inventory.service import open_store
-    from .vm.build import AttachOptions, attachments_for
+    from .inventory.service import vm_attachments
+    from .vm.build import AttachOptions
 
     def addr(t: str) -> str:
         try:
@@ -163,14 +163,9 @@ def _attachments(c: _Ctx, vm: str, x_vga: list[str], romfile: list[str], rombar_
         roms[addr(a)] = path
     if serial_bus not in ("pci", "isa"):
         raise UsageError(f"--serial-bus {serial_bus!r}: pci or isa")
-    store = open_store(c)
-    held = {a.device for a in store.assignments(vm)}
-    if not held:
-        raise UsageError(f"VM {vm!r} holds no devices: `passthru assign {vm} SPEC` first")
-    devices = [d for d in store.devices() if d["identity"] in held]
     opts = AttachOptions(x_vga=frozenset(addr(a) for a in x_vga), romfile=roms,
                          rombar_off=frozenset(addr(a) for a in rombar_off), serial_bus=serial_bus)
-    return attachments_for(c.host, devices, opts)
+    return vm_attachments(c, vm, opts)
 
 
 _XVGA = typer.Option("--x-vga", metavar="ADDRESS", help="Primary display GPU (x-vga=on).")

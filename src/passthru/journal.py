@@ -26,7 +26,7 @@ import time
 from .errors import ConfigError
 from .statefs import caller, fsync_dir, read_record, write_atomic
 
-__all__ = ["Journal", "Op"]
+__all__ = ["Journal", "Op", "journal_for"]
 
 _ID = re.compile(r"^[0-9a-f]{16}-[0-9]{1,10}$")
 _SCHEMA = 1
@@ -174,3 +174,8 @@ class Journal:
             else:
                 os.close(fd)
         return out
+
+
+def journal_for(state_dir: str) -> Journal:
+    """The journal of one state directory (``<state>/journal``): takeover, assign and release operations."""
+    return Journal(os.path.join(state_dir, "journal"))

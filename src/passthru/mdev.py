@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from .config import Paths
 from .errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
 from .host.pci import normalize_address
+from .failpoints import hit
+from .journal import journal_for
 from .names import check_vm
 from .host.root import HostRoot
 from .kinds.vgpu import (MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, candidates, capacity, find_parent,
@@ -379,17 +381,31 @@ def create(h: HostRoot, paths: Paths, parent: str | None, type_text: str, *, uui
     k = mdev_kernel(h, kernel)
     k.require_live()
     store = MdevStore(paths)
-    with store.lock():
-        _settle(k, store)
-        if have is None:
-            _create_locked(k, store, res, p)
-            res.status = "created"
-        if persist:
-            res.persisted = True
-            if store.define(ident, p.mode, p.name, t.id):
-                store.audit("vgpu-persist", res.identity, None, t.id, parent=p.name)
-    if vm is not None and claim:
-        _assign(h, paths, res, k)
+    # made for a VM: journaled until it is assigned, so a kill in between leaves nothing reconcile cannot remove
+    op = journal_for(paths.state_dir).begin("vgpu.create", vm=vm, vgpu=ident) if vm is not None else None
+    try:
+        with store.lock():
+            _settle(k, store)
+            if have is None:
+                _create_locked(k, store, res, p)
+                res.status = "created"
+            if persist:
+                res.persisted = True
+                if store.define(ident, p.mode, p.name, t.id):
+                    store.audit("vgpu-persist", res.identity, None, t.id, parent=p.name)
+        hit("vgpu.created")
+        if vm is not None and claim:
+            _assign(h, paths, res, k)
+    except (Exception, KeyboardInterrupt):
+        if op is not None:
+            op.done()  # create and _assign undo their own part on a failure
+        raise
+    except BaseException:
+        if op is not None:
+            op.release()
+        raise
+    if op is not None:
+        op.done()
     return res
 
 

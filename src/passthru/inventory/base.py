@@ -14,7 +14,7 @@ from .schema import audit
 
 __all__ = ["Assignment", "ClaimError", "InvalidState", "STATES", "now", "actor", "write_audit"]
 
-STATES = ("reserved", "attached", "released")
+STATES = ("pending", "reserved", "attached", "released")
 _INSERT_AUDIT = insert(audit)  # built once: building a statement costs more than SQLite takes to run it
 
 
@@ -36,14 +36,16 @@ class Assignment:
     vm: str
     vm_uuid: str | None
     device: str  # identity
-    state: str  # reserved | attached | released
+    state: str  # pending (inside one assign) | reserved | attached | released
     created: str  # ISO-8601 UTC
     updated: str
     released: str | None
+    op: str | None = None  # the journal operation that claimed it
+    takeover: str | None = None  # "vfio": passthru moves the PCI device to vfio-pci for it
 
     @classmethod
     def from_row(cls, r: Any) -> "Assignment":
-        return cls(r.id, r.vm, r.vm_uuid, r.device, r.state, r.created, r.updated, r.released)
+        return cls(r.id, r.vm, r.vm_uuid, r.device, r.state, r.created, r.updated, r.released, r.op, r.takeover)
 
 
 def now() -> str:

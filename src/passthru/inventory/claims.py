@@ -144,7 +144,7 @@ def count_matching(conn: Connection, kind: str | None, model: tuple[int, int] | 
 
 # -- the claims ----------------------------------------------------------------------------------------------------
 def claim_devices(c: Connection, vm: str, wanted: list[str], vm_uuid: str | None,
-                  who: dict | None) -> list[Assignment]:
+                  who: dict | None, op: dict | None = None) -> list[Assignment]:
     """Store.claim's transaction body: every device of ``wanted`` or a ClaimError (the caller rolls back).
     ``who`` None is the read-only pre-check: the same refusals against a snapshot, nothing inserted."""
     check_uuid(c, vm, vm_uuid)
@@ -167,14 +167,15 @@ def claim_devices(c: Connection, vm: str, wanted: list[str], vm_uuid: str | None
             continue
         if who is None:
             continue
-        a = insert_assignment(c, vm, vm_uuid, ident, {"via": "claim"}, who)
+        a = insert_assignment(c, vm, vm_uuid, ident, {"via": "claim"}, who, op)
         mine.add(a.id)
         out.append(a)
     return out
 
 
 def claim_any_device(c: Connection, vm: str, *, kind: str | None, model: str | None, numa: int | None,
-                     numa_policy: str, vm_uuid: str | None, who: dict | None) -> Assignment | None:
+                     numa_policy: str, vm_uuid: str | None, who: dict | None,
+                     op: dict | None = None) -> Assignment | None:
     """Store.claim_any's transaction body: pick and insert, or a ClaimError saying what was asked and why not.
     ``who`` None is the read-only pre-check: the same refusal against a snapshot, nothing inserted (None)."""
     check_uuid(c, vm, vm_uuid)
@@ -200,7 +201,7 @@ def claim_any_device(c: Connection, vm: str, *, kind: str | None, model: str | N
     if who is None:
         return None
     return insert_assignment(c, vm, vm_uuid, dev["identity"], {"via": "claim_any", "kind": kind, "model": model,
-                                                                "numa": numa, "numa_policy": numa_policy}, who)
+                                                                "numa": numa, "numa_policy": numa_policy}, who, op)
 
 
 def check_uuid(c: Connection, vm: str, vm_uuid: str | None) -> None:
@@ -226,12 +227,19 @@ def refusal(ident: str, cf: Conflict, same_request: bool) -> str:
     return f"{ident}: {cf.device} in the same IOMMU group is assigned to VM {cf.vm!r}; a group goes to one VM"
 
 
-def insert_assignment(c: Connection, vm: str, vm_uuid: str | None, ident: str, detail: dict, who: dict) -> Assignment:
+def insert_assignment(c: Connection, vm: str, vm_uuid: str | None, ident: str, detail: dict, who: dict,
+                      op: dict | None = None) -> Assignment:
+    """One new holding: ``reserved``, or ``pending`` inside a journaled operation (``op``: {"id": ..., "takeover":
+    "vfio" | None}) until that operation finishes."""
     ts = now()
+    state = "pending" if op else "reserved"
+    op_id = op.get("id") if op else None
+    takeover = op.get("takeover") if op and ident.startswith("pci:") else None
     try:
-        new_id = c.execute(_INSERT_ASSIGNMENT, {"vm": vm, "vm_uuid": vm_uuid, "device": ident, "state": "reserved",
-                                                "created": ts, "updated": ts, "released": None}).inserted_primary_key[0]
+        new_id = c.execute(_INSERT_ASSIGNMENT, {"vm": vm, "vm_uuid": vm_uuid, "device": ident, "state": state,
+                                                "created": ts, "updated": ts, "released": None, "op": op_id,
+                                                "takeover": takeover}).inserted_primary_key[0]
     except IntegrityError:  # the partial unique index: only reachable if a check above was bypassed
         raise ClaimError(f"{ident}: already assigned to another VM") from None
-    write_audit(c, who, "claim", ident, vm, {"assignment": new_id, "vm_uuid": vm_uuid, **detail}, ts)
-    return Assignment(new_id, vm, vm_uuid, ident, "reserved", ts, ts, None)
+    write_audit(c, who, "claim", ident, vm, {"assignment": new_id, "vm_uuid": vm_uuid, "op": op_id, **detail}, ts)
+    return Assignment(new_id, vm, vm_uuid, ident, state, ts, ts, None, op_id, takeover)

@@ -6,14 +6,16 @@ Tables::
                  vendor_id, device_id, serial, numa_node, iommu_group, parent (PF / mdev parent identity), name,
                  state ("present" | "lost"), first_seen, last_seen (last sync that saw it), changed
     models       name (PK), vendor_id, device_id (unique pair), kind, description, created
-    assignments  id, vm, vm_uuid, device (FK devices.identity), state (reserved | attached | released),
-                 created, updated, released
+    assignments  id, vm, vm_uuid, device (FK devices.identity), state (pending | reserved | attached | released),
+                 created, updated, released, op (the journal operation that claimed it: v3), takeover ("vfio" when
+                 passthru moves the device to vfio-pci for this assignment, else null: v3)
     audit        id, time, action, device, vm, detail (JSON), actor (JSON: uid, user, sudo_user, pid)
     schema_migrations  version (PK), name, applied
 
 "Never two holders" is a database rule, not only a check in the code: ``uq_assignments_active_device`` is a partial
-unique index on ``assignments(device) WHERE state IN ('reserved','attached')`` (SQLite and PostgreSQL both have
-partial indexes). Times are ISO-8601 UTC text with microseconds (fixed width, so text order is time order).
+unique index on ``assignments(device) WHERE state IN ('pending','reserved','attached')`` (SQLite and PostgreSQL
+both have partial indexes). ``pending`` (v3) is a claim inside one running ``assign``: it becomes ``reserved`` when
+the operation finishes, and reconcile releases it when the operation died. Times are ISO-8601 UTC text with microseconds (fixed width, so text order is time order).
 
 Migrations are plain functions, one per version, applied in order inside one write transaction (SQLite and
 PostgreSQL both have transactional DDL, so a failed upgrade leaves the previous version intact) and recorded in
@@ -31,8 +33,9 @@ from sqlalchemy import (JSON, Column, Connection, ForeignKey, Index, Integer, Me
 __all__ = ["metadata", "devices", "models", "assignments", "audit", "schema_migrations", "MIGRATIONS", "LATEST",
            "ACTIVE_STATES", "ACTIVE_SQL"]
 
-ACTIVE_STATES = ("reserved", "attached")
-ACTIVE_SQL = "state IN ('reserved', 'attached')"
+ACTIVE_STATES = ("pending", "reserved", "attached")
+ACTIVE_SQL = "state IN ('pending', 'reserved', 'attached')"
+_V1_ACTIVE_SQL = "state IN ('reserved', 'attached')"  # frozen: the v1 index predicate
 _TS = 32  # "2026-11-25T10:00:00.123456Z"
 
 
@@ -76,7 +79,7 @@ def _tables(md: MetaData) -> tuple[Table, Table, Table, Table]:
         Column("updated", String(_TS), nullable=False),
         Column("released", String(_TS)),
         Index("uq_assignments_active_device", "device", unique=True,
-              sqlite_where=text(ACTIVE_SQL), postgresql_where=text(ACTIVE_SQL)),
+              sqlite_where=text(_V1_ACTIVE_SQL), postgresql_where=text(_V1_ACTIVE_SQL)),
         # the partial index only serves queries whose WHERE repeats its literal predicate; lookups with bound
         # parameters use this one
         Index("ix_assignments_device_state", "device", "state"),
@@ -103,10 +106,26 @@ def _v2_indexes(dev: Table, asg: Table) -> list[Index]:
     ]
 
 
+def _v3_columns() -> list[Column]:
+    """v3: the operation that claimed an assignment (pending claims) and whether passthru takes the device over."""
+    return [Column("op", String(64)), Column("takeover", String(16))]
+
+
+def _v3_unique(asg: Table) -> Index:
+    return Index("uq_assignments_active_device", asg.c.device, unique=True,
+                 sqlite_where=text(ACTIVE_SQL), postgresql_where=text(ACTIVE_SQL))
+
+
 # -- the current schema, as queries see it ------------------------------------------------------------------------
 metadata = MetaData()
 devices, models, assignments, audit = _tables(metadata)
 _v2_indexes(devices, assignments)  # attach to the current tables (Index binds itself to its table's metadata)
+for _col in _v3_columns():
+    assignments.append_column(_col)
+for _ix in list(assignments.indexes):  # the unique index now covers pending claims too
+    if _ix.name == "uq_assignments_active_device":
+        assignments.indexes.discard(_ix)
+_v3_unique(assignments)
 
 schema_migrations = Table(
     "schema_migrations", metadata,
@@ -129,8 +148,18 @@ def _m2(conn: Connection) -> None:
         ix.create(conn)
 
 
+def _m3(conn: Connection) -> None:
+    conn.execute(text("DROP INDEX uq_assignments_active_device"))
+    for col in _v3_columns():
+        kind = col.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE assignments ADD COLUMN {col.name} {kind}"))
+    _dev, _mod, asg, _aud = _tables(MetaData())
+    _v3_unique(asg).create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "devices, models, assignments, audit", _m1),
     (2, "indexes: assignments(vm,state), devices(parent), devices(iommu_group)", _m2),
+    (3, "assignments.op, assignments.takeover; pending claims in the one-holder index", _m3),
 ]
 LATEST = MIGRATIONS[-1][0]

@@ -9,19 +9,29 @@ all-or-nothing: when a claim or a bind fails, what this call claimed is released
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from dataclasses import dataclass, field
 
 from ..commands import Session
 from ..config import BUILTIN_KINDS
 from ..discovery import Inventory
 from ..errors import NotFoundError, PassthruError, UsageError
+from ..failpoints import hit
 from ..host.iommu import is_vfio_driver
+from ..journal import Op, journal_for
 from ..names import check_uuid, check_vm
 from .records import records_from
 from .spec import Spec, parse_spec
+from ..statefs import read_record, write_atomic
+from ..vfio import Store as Holdings
+from ..vfio import bind as vfio_bind
+from ..vfio import restore as vfio_restore
 from .store import Assignment, ClaimError, Store
 
-__all__ = ["AssignResult", "open_store", "sync", "assign", "release", "attach", "detach", "pci_addresses"]
+__all__ = ["AssignResult", "open_store", "sync", "assign", "release", "attach", "detach", "pci_addresses",
+           "undo_assign", "finish_release", "vm_attachments", "check_qmp_socket"]
 
 
 @dataclass(slots=True)
@@ -120,7 +130,7 @@ def _resolve(inv: Inventory, store: Store, spec: Spec) -> list[str]:
 
 
 def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], numa: int | None, policy: str,
-          vm_uuid: str | None) -> Assignment:
+          vm_uuid: str | None, op: dict | None = None) -> Assignment:
     if spec.form == "usb-id":
         vid, pid, *serial = spec.value.split(":", 2)
         cands = [d for d in store.devices(kind="usb", state="present")
@@ -131,7 +141,7 @@ def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], n
         last: ClaimError | None = None
         for d in cands:
             try:
-                return store.claim(vm, [d["identity"]], vm_uuid=vm_uuid)[0]
+                return store.claim(vm, [d["identity"]], vm_uuid=vm_uuid, op=op)[0]
             except ClaimError as e:
                 last = e
         assert last is not None
@@ -149,7 +159,7 @@ def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], n
     try:
         while True:
             try:
-                a = store.claim_any(vm, numa=numa, numa_policy=policy, vm_uuid=vm_uuid, **by)
+                a = store.claim_any(vm, numa=numa, numa_policy=policy, vm_uuid=vm_uuid, op=op, **by)
             except ClaimError as e:
                 if aside:
                     raise ClaimError(f"{e}; skipped because the host uses them: "
@@ -198,44 +208,79 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
                 direct.append(ident)
     _kind_refusals(s, store, inv, vm, direct)  # kinds: a serial port held open, a USB port whose device changed
     res = AssignResult(vm)
-    claimed: list[Assignment] = []
+    before = {a.device for a in store.assignments(vm)}
+    op = journal_for(s.paths.state_dir).begin("assign", vm=vm, bind=bind, binding=[], vfs=[])
+    mark = {"id": op.id, "takeover": "vfio" if bind else "none"}
     try:
+        hit("assign.intent")
+        claimed: list[Assignment] = []
         if direct:
-            claimed += store.claim(vm, direct, vm_uuid=vm_uuid)
+            claimed += store.claim(vm, direct, vm_uuid=vm_uuid, op=mark)
         for spec in specs:
             if spec.form in ("name", "usb-id"):
-                a = _pick(store, inv, vm, spec, models, numa, numa_policy, vm_uuid)
+                a = _pick(store, inv, vm, spec, models, numa, numa_policy, vm_uuid, mark)
                 claimed.append(a)
                 if a.device.startswith("pci:"):  # its group comes along
                     rest = [i for i in _group_identities(inv, a.device[4:]) if i != a.device]
                     if rest:
-                        claimed += store.claim(vm, rest, vm_uuid=vm_uuid)
-        res.assignments = _dedupe(claimed)
-        addrs = pci_addresses([a.device for a in res.assignments])
+                        claimed += store.claim(vm, rest, vm_uuid=vm_uuid, op=mark)
+        hit("assign.claimed")
+        addrs = pci_addresses([a.device for a in _dedupe(claimed)])
         todo = [a for a in addrs if not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
         if bind and todo:
-            from ..vfio import bind as vfio_bind
-
+            op.update(binding=todo)  # journal first: if this process dies, reconcile gives these back
             out = vfio_bind(s.host, s.paths, todo, group=True, kernel=kernel)  # type: ignore[arg-type]
             res.bound = [d.address for d in out.devices if d.status == "changed"]
+            hit("assign.bound")
         if vf_options:
-            _configure_vfs(s, inv, vm, res, vf_options)
-    except BaseException:
-        if res.bound:  # what this call moved to vfio-pci goes back too: nothing half-applied
-            from ..vfio import restore as vfio_restore
-
-            try:
-                vfio_restore(s.host, s.paths, res.bound, kernel=kernel)  # type: ignore[arg-type]
-            except PassthruError:
-                pass
-        for a in _dedupe(claimed):
-            try:
-                store.release(vm, a.device)
-            except PassthruError:
-                pass
+            _configure_vfs(s, inv, vm, res, _dedupe(claimed), vf_options, op)
+            hit("assign.configured")
+        done = {a.device: a for a in store.finish_op(op.id)}
+        hit("assign.finished")
+        res.assignments = [done.get(a.device, a) for a in _dedupe(claimed)]
+        store.audit("assign", None, vm, {"devices": [a.device for a in res.assignments], "bound": res.bound,
+                                         "kept": sorted(before & {a.device for a in res.assignments})})
+        op.done()
+    except (Exception, KeyboardInterrupt):
+        undo_assign(s, store, op.doc, kernel=kernel)  # nothing half-applied: what this call did goes back
+        op.done()
         raise
-    store.audit("assign", None, vm, {"devices": [a.device for a in res.assignments], "bound": res.bound})
+    except BaseException:  # killed (a crash test's stand-in for SIGKILL): the journal is reconcile's to settle
+        op.release()
+        raise
     return res
+
+
+def undo_assign(s: Session, store: Store, doc: dict, *, kernel: object | None = None) -> dict:
+    """Put back what the assign operation ``doc`` (its journal record) did: VF settings, the PCI devices it moved
+    to vfio-pci, its pending claims. Used by assign itself on failure and by reconcile for one that died. Each
+    step is idempotent; errors are collected, not raised (the caller reports them)."""
+    from ..kinds import kind_for
+
+    vm = str(doc.get("vm"))
+    report: dict = {"op": doc.get("id"), "vm": vm, "released": [], "restored": [], "vfs": [], "errors": []}
+    for ident in doc.get("vfs") or []:
+        try:
+            if os.path.exists(_hook_path(s, vm, ident)):
+                _undo_kind(s, vm, ident)
+            else:
+                kind_for("nic").abandon(s.host, s.paths, vm, ident)
+            report["vfs"].append(ident)
+        except PassthruError as e:
+            report["errors"].append(f"{ident}: {e}")
+    mine = {h.address for h in Holdings(s.paths).holdings()}
+    back = [a for a in doc.get("binding") or [] if a in mine]
+    if back:
+        try:
+            vfio_restore(s.host, s.paths, back, kernel=kernel)  # type: ignore[arg-type]
+            report["restored"] = back
+        except PassthruError as e:
+            report["errors"].append(str(e))
+    try:
+        report["released"] = [a.device for a in store.abandon_op(str(doc.get("id")))]
+    except PassthruError as e:
+        report["errors"].append(str(e))
+    return report
 
 
 class _NoFn:
@@ -244,47 +289,34 @@ class _NoFn:
 
 # -- per-assignment host configuration by a device's kind (a NIC VF's MAC/VLAN...), undone on release -------------
 def _hook_path(s: Session, vm: str, ident: str) -> str:
-    import os
-    import re
-
     return os.path.join(s.paths.state_dir, "kind-state", vm, re.sub(r"[^A-Za-z0-9.-]+", "_", ident) + ".json")
 
 
-def _configure_vfs(s: Session, inv: Inventory, vm: str, res: AssignResult, options: dict) -> None:
-    import json
-
+def _configure_vfs(s: Session, inv: Inventory, vm: str, res: AssignResult, claimed: list[Assignment],
+                   options: dict, op: Op) -> None:
+    """Each VF's settings, through its PF; the VF is named in the operation's journal before it is touched, so a
+    failure (undo_assign) or a kill (reconcile) puts its prior settings back."""
     from ..kinds import kind_for
-    from ..statefs import write_atomic
 
-    vfs = [a.device for a in res.assignments if a.device.startswith("pci:")
+    vfs = [a.device for a in claimed if a.device.startswith("pci:")
            and (fn := inv.pci_function(a.device[4:])) is not None and fn.physfn]
     if not vfs:
         raise UsageError("VF settings (--mac, --vlan, ...) were given but none of the devices is an SR-IOV VF")
-    done: list[tuple[str, dict]] = []
-    try:
-        for ident in vfs:
-            prior = kind_for("nic").before_assign(s.host, s.paths, vm, ident, options)
-            if prior:
-                write_atomic(_hook_path(s, vm, ident), json.dumps({"kind": "nic", **prior}).encode(), 0o600)
-                done.append((ident, prior))
-    except BaseException:
-        for ident, prior in reversed(done):
-            _undo_kind(s, vm, ident)
-        raise
+    for ident in vfs:
+        op.update(vfs=[*op.get("vfs", []), ident])  # type: ignore[misc]
+        prior = kind_for("nic").before_assign(s.host, s.paths, vm, ident, options)
+        if prior:
+            write_atomic(_hook_path(s, vm, ident), json.dumps({"kind": "nic", "identity": ident, **prior}).encode(),
+                         0o600)
 
 
 def _undo_kind(s: Session, vm: str, ident: str) -> None:
     """Put back what a kind changed for this assignment (recorded at assign time), then forget the record."""
-    import json
-    import os
-
     from ..kinds import kind_for
 
     path = _hook_path(s, vm, ident)
-    try:
-        with open(path, encoding="utf-8") as f:
-            rec = json.load(f)
-    except FileNotFoundError:
+    rec = read_record(path, "move it away; `passthru vf reset PF N` puts the VF back")
+    if rec is None:
         return
     kind_for(rec.get("kind", "custom")).after_release(s.host, s.paths, vm, ident, rec)
     os.unlink(path)
@@ -300,27 +332,39 @@ def _dedupe(items: list[Assignment]) -> list[Assignment]:
 def release(s: Session, vm: str, texts: list[str] | None = None, *, restore: bool = False,
             kernel: object | None = None) -> list[Assignment]:
     """Release the VM's devices (all, or those ``texts`` name; a PCI device's group mates go too). With
-    ``restore``, PCI devices go back to their host drivers; otherwise they stay on vfio-pci for the next VM."""
+    ``restore``, PCI devices go back to their host drivers; otherwise they stay on vfio-pci for the next VM.
+    Journaled: a release interrupted by a kill is finished by reconcile."""
+    check_vm(vm)
     store = open_store(s)
     held = {a.device: a for a in store.assignments(vm)}
     if not held:
         raise NotFoundError(f"VM {vm!r} holds no devices (`passthru assignments` lists who holds what)")
     idents = list(held) if texts is None else _held(s, store, vm, held, texts)
+    with journal_for(s.paths.state_dir).begin("release", vm=vm, devices=idents, restore=restore) as op:
+        hit("release.intent")
+        return finish_release(s, store, op.doc, kernel=kernel)
+
+
+def finish_release(s: Session, store: Store, doc: dict, *, kernel: object | None = None) -> list[Assignment]:
+    """The steps of a release (its journal record ``doc``), each idempotent so that reconcile can run them again
+    after a kill: a kind's settings put back, the holding released, PCI devices back to their drivers (with
+    ``restore``), vGPUs made for the VM removed."""
+    from ..mdev import release_created  # kinds/vgpu: vGPUs made for this VM (`vgpu create --vm`) go with it
+
+    vm, idents = str(doc["vm"]), [str(i) for i in doc.get("devices") or []]
+    active = {a.device for a in store.assignments(vm)}
     out: list[Assignment] = []
     for ident in idents:
         _undo_kind(s, vm, ident)  # a VF's settings back as they were before the VM got it
-        out += store.release(vm, ident)
-    if restore:
-        from ..vfio import Store as Holdings
-        from ..vfio import restore as vfio_restore
-
+        if ident in active:
+            out += store.release(vm, ident)
+            hit("release.released")
+    if doc.get("restore"):
         mine = {h.address for h in Holdings(s.paths).holdings()}
         addrs = [a for a in pci_addresses(idents) if a in mine]
         if addrs:
             vfio_restore(s.host, s.paths, addrs, kernel=kernel)  # type: ignore[arg-type]
-    store.audit("release", None, vm, {"devices": idents, "restored": restore})
-    from ..mdev import release_created  # kinds/vgpu: vGPUs made for this VM (`vgpu create --vm`) go with it
-
+    store.audit("release", None, vm, {"devices": idents, "restored": bool(doc.get("restore")), "op": doc.get("id")})
     release_created(s.host, s.paths, vm, idents, kernel=kernel)  # type: ignore[arg-type]
     return out
 
@@ -341,47 +385,120 @@ def _held(s: Session, store: Store, vm: str, held: dict[str, Assignment], texts:
     return idents
 
 
-def _attachments_of(s: Session, store: Store, idents: list[str]):
+def _attachments_of(s: Session, store: Store, idents: list[str], vm: str, opts: object = None) -> list:
     from ..vm.build import attachments_for
 
     rows = [d for d in store.devices() if d["identity"] in set(idents)]
-    return attachments_for(s.host, rows)
+    takeover = {a.device: a.takeover for a in store.assignments(vm)}
+    for d in rows:
+        _check_ready(s, vm, d["identity"], takeover.get(d["identity"]))
+    return attachments_for(s.host, rows, opts)  # type: ignore[arg-type]
 
 
-def attach(s: Session, vm: str, texts: list[str], socket: str, *, port: str | None = None) -> list[dict]:
+def _check_ready(s: Session, vm: str, ident: str, takeover: str | None) -> None:
+    """A device handed to QEMU or libvirt must be there, and a PCI one on vfio-pci (unless it was assigned with
+    --no-bind: then whoever starts the VM binds it). UsageError (exit 2) with the way out otherwise."""
+    h = s.host
+    form, _, value = ident.partition(":")
+    if form == "serial":
+        if not value.startswith("/"):
+            return
+        where = h.path(value)
+    elif form in ("pci", "mdev", "usb"):
+        where = f"{h.sys}/bus/{form}/devices/{value}"
+    else:
+        return
+    if not h.exists(where):
+        raise UsageError(f"{value} is not on this host, though VM {vm!r} holds it: `passthru release {vm} {ident}` "
+                         "(or bring it back and run `passthru reconcile`)")
+    if form == "pci" and takeover != "none":
+        drv = h.link_name(where + "/driver")
+        if not is_vfio_driver(drv):
+            raise UsageError(f"{value} is on {drv or 'no driver'}, not vfio-pci, though VM {vm!r} holds it: "
+                             f"`passthru reconcile` takes it over again (or `passthru bind {value} --group`)")
+
+
+def vm_attachments(s: Session, vm: str, opts: object = None) -> list:
+    """The attachments (vm/attachment.py) of everything ``vm`` holds, for qemu-args and libvirt-xml; refused when a
+    device is gone or not on vfio-pci (see :func:`_check_ready`)."""
+    check_vm(vm)
+    store = open_store(s)
+    held = [a.device for a in store.assignments(vm) if a.state != "pending"]
+    if not held:
+        raise UsageError(f"VM {vm!r} holds no devices: `passthru assign {vm} SPEC` first")
+    return _attachments_of(s, store, held, vm, opts)
+
+
+def check_qmp_socket(path: str) -> None:
+    """The VM's QMP socket must exist and be a unix socket: bad input (exit 2) otherwise, before anything moves."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"QMP socket {path} does not exist; start QEMU with -qmp unix:{path},server=on,"
+                            "wait=off") from None
+    except OSError as e:
+        raise UsageError(f"QMP socket {path}: {e.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UsageError(f"{path} is not a unix socket; name the VM's QMP socket (-qmp unix:PATH,server=on)")
+
+
+def attach(s: Session, vm: str, texts: list[str], socket: str, *, port: str | None = None,
+           kernel: object | None = None) -> list[dict]:
     """Hot-plug into the running VM behind ``socket``: assign first what the VM does not hold yet, then one
     attachment at a time over QMP; each attached device's assignment becomes "attached"."""
     from ..vm.qmp import attach as qmp_attach
 
+    check_vm(vm)
+    check_qmp_socket(socket)
     store = open_store(s)
     held = {a.device: a for a in store.assignments(vm)}
+    before = set(held)
     try:
-        idents = _held(s, store, vm, held, texts)
-    except NotFoundError:
-        assign(s, vm, texts)
-        held = {a.device: a for a in store.assignments(vm)}
-        idents = _held(s, store, vm, held, texts)
-    # kinds: what is plugged in / open now, not what was when the VM got it (a re-plugged USB port, a getty)
-    _kind_refusals(s, store, sync(s, store), vm, idents, attach=True)
-    out = []
-    for att in _attachments_of(s, store, idents):
-        res = qmp_attach(socket, att, port=port)
-        for ident in _att_identities(att):
-            store.set_state(vm, ident, "attached")
-        store.audit("attach", None, vm, {"ids": res.get("ids"), "port": res.get("port")})
-        out.append(res)
+        try:
+            idents = _held(s, store, vm, held, texts)
+        except NotFoundError:
+            assign(s, vm, texts, kernel=kernel)
+            held = {a.device: a for a in store.assignments(vm)}
+            idents = _held(s, store, vm, held, texts)
+        # kinds: what is plugged in / open now, not what was when the VM got it (a re-plugged USB port, a getty)
+        _kind_refusals(s, store, sync(s, store), vm, idents, attach=True)
+        out = []
+        for att in _attachments_of(s, store, idents, vm):
+            res = qmp_attach(socket, att, port=port)
+            for ident in _att_identities(att):
+                store.set_state(vm, ident, "attached")
+            store.audit("attach", None, vm, {"ids": res.get("ids"), "port": res.get("port")})
+            out.append(res)
+    except (Exception, KeyboardInterrupt):
+        _undo_new(store, vm, before)
+        raise
     return out
+
+
+def _undo_new(store: Store, vm: str, before: set[str]) -> None:
+    """A failed attach releases what it assigned on its way and did not plug (the VM keeps what it held before;
+    a device already plugged stays recorded as attached: it is in the guest)."""
+    for a in store.assignments(vm):
+        if a.device not in before and a.state == "reserved":
+            try:
+                store.release(vm, a.device)
+            except PassthruError:
+                pass
 
 
 def detach(s: Session, vm: str, texts: list[str], socket: str, *, keep: bool = False) -> list[dict]:
     """Hot-unplug from the running VM (waits for DEVICE_DELETED), then release (or, with ``keep``, keep reserved)."""
     from ..vm.qmp import detach as qmp_detach
 
+    check_vm(vm)
+    check_qmp_socket(socket)
     store = open_store(s)
     held = {a.device: a for a in store.assignments(vm)}
     idents = _held(s, store, vm, held, texts)
     out = []
-    for att in _attachments_of(s, store, idents):
+    for att in _attachments_of(s, store, idents, vm):
         res = qmp_detach(socket, att)
         for ident in _att_identities(att):
             if keep:

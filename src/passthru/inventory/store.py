@@ -8,7 +8,9 @@ did what. SQLAlchemy 2 Core; SQLite by default (``<state_dir>/passthru.db``, WAL
     store.set_state("vm1", a.device, "attached"); store.release("vm1")
 
 An assignment moves ``reserved`` → ``attached`` (in the guest) → ``released``; ``attached`` → ``reserved`` is a
-detach that keeps the device for the VM. Setting the state an assignment already has is a no-op, so a caller may
+detach that keeps the device for the VM. Claims made inside a journaled operation (``op=``) start ``pending`` and
+become ``reserved`` only when the operation finishes (:meth:`Store.finish_op`); reconcile releases the pending claims
+of an operation that died (:meth:`Store.abandon_op`). Setting the state an assignment already has is a no-op, so a caller may
 retry after a crash. Released rows are kept as history. See ``claims.py`` for the exclusivity rules,
 ``engine.py`` for the transaction set-up (SQLite BEGIN IMMEDIATE; PostgreSQL SERIALIZABLE with retries) and
 ``schema.py`` for the tables and migrations.
@@ -36,7 +38,8 @@ __all__ = ["Store", "DeviceRecord", "Assignment", "ClaimError", "InvalidState", 
 
 DB_ENV = "PASSTHRU_DB_URL"
 # target state -> the states it may be reached from
-_TRANSITIONS = {"attached": ("reserved",), "reserved": ("attached",), "released": ("reserved", "attached")}
+_TRANSITIONS = {"attached": ("reserved",), "reserved": ("pending", "attached"),
+                "released": ("pending", "reserved", "attached")}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _PG_MIGRATE_LOCK = 0x70617373  # "pass": advisory lock key for concurrent first starts on PostgreSQL
 T = TypeVar("T")
@@ -230,18 +233,20 @@ class Store:
         self._write(run)
 
     # -- claims ---------------------------------------------------------------------------------------------------
-    def claim(self, vm: str, identities: list[str], *, vm_uuid: str | None = None) -> list[Assignment]:
+    def claim(self, vm: str, identities: list[str], *, vm_uuid: str | None = None,
+              op: dict | None = None) -> list[Assignment]:
         """Reserve every device in ``identities`` for ``vm``, or none (one transaction). Devices the VM already
-        holds are returned as they are. ClaimError names the first refused device, why, and the holder VM."""
+        holds are returned as they are. ClaimError names the first refused device, why, and the holder VM.
+        ``op`` ({"id": journal id, "takeover": "vfio" | None}): the claims are ``pending`` for that operation."""
         _check_vm(vm, vm_uuid)
         if isinstance(identities, str) or not identities:
             raise UsageError("claim needs a list of one or more device identities")
         wanted = list(dict.fromkeys(identities))
         self._precheck(lambda c: rules.claim_devices(c, vm, wanted, vm_uuid, None))
-        return self._write(lambda c: rules.claim_devices(c, vm, wanted, vm_uuid, self._who()))
+        return self._write(lambda c: rules.claim_devices(c, vm, wanted, vm_uuid, self._who(), op))
 
     def claim_any(self, vm: str, *, kind: str | None = None, model: str | None = None, numa: int | None = None,
-                  numa_policy: str = "strict", vm_uuid: str | None = None) -> Assignment:
+                  numa_policy: str = "strict", vm_uuid: str | None = None, op: dict | None = None) -> Assignment:
         """Reserve one free present device of ``kind`` and/or custom ``model`` for ``vm``; with ``numa``, on that
         node ("strict") or preferably on it ("prefer"). Pick and insert happen in one write transaction."""
         _check_vm(vm, vm_uuid)
@@ -254,7 +259,7 @@ class Store:
 
         def run(c: Connection, who: dict | None) -> Assignment | None:
             return rules.claim_any_device(c, vm, kind=kind, model=model, numa=numa, numa_policy=numa_policy,
-                                          vm_uuid=vm_uuid, who=who)
+                                          vm_uuid=vm_uuid, who=who, op=op if who is not None else None)
 
         self._precheck(lambda c: run(c, None))
         got = self._write(lambda c: run(c, self._who()))
@@ -309,6 +314,18 @@ class Store:
 
         return self._write(run)
 
+    def finish_op(self, op_id: str) -> list[Assignment]:
+        """The operation ``op_id`` succeeded: its pending claims become reserved (one transaction)."""
+        a = assignments
+        return self._write(lambda c: self._move(c, [Assignment.from_row(r) for r in c.execute(
+            select(a).where(a.c.op == op_id, a.c.state == "pending").order_by(a.c.id))], "reserved"))
+
+    def abandon_op(self, op_id: str) -> list[Assignment]:
+        """The operation ``op_id`` failed or died: release its pending claims (one transaction)."""
+        a = assignments
+        return self._write(lambda c: self._move(c, [Assignment.from_row(r) for r in c.execute(
+            select(a).where(a.c.op == op_id, a.c.state == "pending").order_by(a.c.id))], "released"))
+
     def _move(self, c: Connection, rows: list[Assignment], state: str) -> list[Assignment]:
         ts = now()
         gone = ts if state == "released" else None
@@ -317,7 +334,7 @@ class Store:
             c.execute(_MOVE, {"b_id": r.id, "b_state": state, "b_ts": ts, "b_released": gone})
             self._audit(c, "release" if gone else "state", r.device, r.vm,
                         {"assignment": r.id, "from": r.state, "to": state}, ts)
-            out.append(Assignment(r.id, r.vm, r.vm_uuid, r.device, state, r.created, ts, gone))
+            out.append(Assignment(r.id, r.vm, r.vm_uuid, r.device, state, r.created, ts, gone, r.op, r.takeover))
         return out
 
     def assignments(self, vm: str | None = None, *, active: bool = True) -> list[Assignment]:

@@ -9,6 +9,9 @@ rest. Hooks have no-op defaults, so a kind implements only what it needs:
                                  the prior state it changed (recorded with the assignment) or None
     after_release(h, paths, vm, identity, prior)
                                  put back what before_assign changed, from that record
+    abandon(h, paths, vm, identity)
+                                 an assignment died half-way (kill -9 before its record was written): put back
+                                 whatever the kind's own journal says it changed for ``vm``
     hotpluggable                 whether QMP hot plug applies
 """
 
@@ -32,6 +35,9 @@ class DeviceKind:
         return None
 
     def after_release(self, h: Any, paths: Any, vm: str, identity: str, prior: dict | None) -> None:
+        return None
+
+    def abandon(self, h: Any, paths: Any, vm: str, identity: str) -> None:
         return None
 
 

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import HostError, UsageError
+from ..errors import HostError, PassthruError, UsageError
 from ..host.root import HostRoot
 from ..sriov import (PfRef, PfState, SriovStore, read_pf, representors, resolve_pf, sriov_pfs)
 from .base import DeviceKind, register
@@ -831,6 +831,17 @@ class NicKind(DeviceKind):
         if not prior or not prior.get("prior"):
             return None
         reset_vf(h, paths, prior["pf"], int(prior["vf"]), netlink=self.netlink, prior=prior["prior"])
+        return None
+
+    def abandon(self, h: HostRoot, paths: Any, vm: str, identity: str) -> None:
+        """set_vf journals the prior settings (owner "VM <vm>") before it changes anything: reset from that."""
+        try:
+            pf, index = vf_of(h, identity)
+        except PassthruError:
+            return None  # the VF is gone: nothing to put back
+        rec = SriovStore(paths).vf(pf, index)
+        if rec is not None and rec.get("owner") == f"VM {vm}":
+            reset_vf(h, paths, pf.devlink, index, netlink=self.netlink)
         return None
 
 

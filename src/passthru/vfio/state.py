@@ -22,7 +22,7 @@ from typing import Iterator
 
 from ..config import Paths
 from ..errors import ConfigError
-from ..journal import Journal
+from ..journal import journal_for
 from ..statefs import FileLock, caller, fsync_dir, read_record, write_atomic, write_if_changed
 
 __all__ = ["Holding", "Store", "BINDING", "BOUND", "RESTORING"]
@@ -105,7 +105,7 @@ class Store:
         self.hold_dir = os.path.join(paths.state_dir, "vfio")
         self.persist_dir = os.path.join(paths.config_dir, "vfio.d")
         self.audit_path = os.path.join(paths.state_dir, "audit.log")
-        self.journal = Journal(os.path.join(paths.state_dir, "journal"))
+        self.journal = journal_for(paths.state_dir)
 
     def lock(self) -> FileLock:
         return FileLock(os.path.join(self.paths.state_dir, "vfio.lock"), "a bind/restore")
