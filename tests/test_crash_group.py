@@ -7,13 +7,13 @@ on a real kernel in tests/lab/test_lab_crash.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
-
 import sysfs_fixtures as fx
-from fake_kernel import Crash, FakeKernel
-from passthru import failpoints
+import crash_points as cp
+from fake_kernel import FakeKernel
 from passthru.config import Paths
 from passthru.host.root import HostRoot
 from passthru.journal import Journal
@@ -26,36 +26,6 @@ GROUP = [GPU, AUDIO]
 def _host(tmp_path: Path) -> tuple[HostRoot, Paths, FakeKernel]:
     h = HostRoot(Path(fx.gpu_server(tmp_path / "gs")))
     return h, Paths.for_root(h), FakeKernel(h)
-
-
-def _points(fn) -> list[str]:
-    seen: list[str] = []
-    failpoints.set_handler(seen.append)
-    try:
-        fn()
-    finally:
-        failpoints.set_handler(None)
-    return seen
-
-
-def _crash_at(n: int, fn) -> str:
-    count = 0
-    where = ""
-
-    def handler(name: str) -> None:
-        nonlocal count, where
-        count += 1
-        if count == n:
-            where = name
-            raise Crash(f"killed at point {n}: {name}")
-
-    failpoints.set_handler(handler)
-    try:
-        with pytest.raises(Crash):
-            fn()
-    finally:
-        failpoints.set_handler(None)
-    return where
 
 
 def _side(h: HostRoot, paths: Paths, k: FakeKernel) -> str:
@@ -77,12 +47,12 @@ def _side(h: HostRoot, paths: Paths, k: FakeKernel) -> str:
 
 def test_every_point_of_a_group_bind(tmp_path):
     h, paths, k = _host(tmp_path / "trace")
-    points = _points(lambda: bind(h, paths, [GPU], group=True, kernel=k))
-    assert points[0] == "vfio.bind.intent" and points.count("kernel.driver_override") == 2, points
+    pts = cp.points(lambda: bind(h, paths, [GPU], group=True, kernel=k))
+    assert pts[0] == "vfio.bind.intent" and pts.count("kernel.driver_override") == 2, pts
     sides = []
-    for n in range(1, len(points) + 1):
+    for n in range(1, len(pts) + 1):
         h, paths, k = _host(tmp_path / f"kill{n}")
-        where = _crash_at(n, lambda: bind(h, paths, [GPU], group=True, kernel=k))
+        where = cp.crash_at(n, lambda: bind(h, paths, [GPU], group=True, kernel=k))
         out = reconcile(h, paths, kernel=k)
         assert out.error is None, (n, where, out.to_json())
         side = _side(h, paths, k)
@@ -104,11 +74,11 @@ def test_every_point_of_a_group_restore(tmp_path):
         return h, paths, k
 
     h, paths, k = bound(tmp_path / "trace")
-    points = _points(lambda: restore(h, paths, [GPU], kernel=k))
-    assert points[0] == "vfio.restore.intent" and "vfio.restore.dropped" in points, points
-    for n in range(1, len(points) + 1):
+    pts = cp.points(lambda: restore(h, paths, [GPU], kernel=k))
+    assert pts[0] == "vfio.restore.intent" and "vfio.restore.dropped" in pts, pts
+    for n in range(1, len(pts) + 1):
         h, paths, k = bound(tmp_path / f"kill{n}")
-        where = _crash_at(n, lambda: restore(h, paths, [GPU], kernel=k))
+        where = cp.crash_at(n, lambda: restore(h, paths, [GPU], kernel=k))
         out = reconcile(h, paths, kernel=k)
         assert out.error is None, (n, where, out.to_json())
         assert _side(h, paths, k) == "host", (n, where)  # an interrupted restore is always finished
@@ -138,9 +108,6 @@ def test_a_running_operation_is_left_alone(tmp_path):
     j = Store(paths).journal
     op = j.begin("vfio.bind", members=[{"address": GPU, "vendor_id": "10de", "device_id": "1b06",
                                          "iommu_group": 38, "prior_driver": "nouveau", "prior_override": None}])
-    import subprocess
-    import sys
-
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); from passthru.journal import Journal; "
              "print(len(Journal(sys.argv[2]).orphans()), len(Journal(sys.argv[2]).live()))")
     src = str(Path(__file__).parent.parent / "src")

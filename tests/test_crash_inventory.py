@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import sysfs_fixtures as fx
-from fake_kernel import Crash, FakeKernel
-from passthru import failpoints
+import crash_points as cp
+from fake_kernel import FakeKernel
 from passthru.cli import main as cli_main
 from passthru.commands import Session
 from passthru.errors import UsageError
@@ -31,35 +31,6 @@ GPU, AUDIO = "0000:86:00.0", "0000:86:00.1"
 def _host(d: Path) -> tuple[Session, FakeKernel]:
     s = Session(str(fx.gpu_server(d)), None, None)
     return s, FakeKernel(s.host)
-
-
-def _points(fn) -> list[str]:
-    seen: list[str] = []
-    failpoints.set_handler(seen.append)
-    try:
-        fn()
-    finally:
-        failpoints.set_handler(None)
-    return seen
-
-
-def _crash_at(n: int, fn) -> str:
-    count, where = 0, ""
-
-    def handler(name: str) -> None:
-        nonlocal count, where
-        count += 1
-        if count == n:
-            where = name
-            raise Crash(name)
-
-    failpoints.set_handler(handler)
-    try:
-        with pytest.raises(Crash):
-            fn()
-    finally:
-        failpoints.set_handler(None)
-    return where
 
 
 def agrees(s: Session, k: FakeKernel) -> dict[str, str]:
@@ -84,13 +55,13 @@ def agrees(s: Session, k: FakeKernel) -> dict[str, str]:
 
 def test_every_point_of_an_assign(tmp_path):
     s, k = _host(tmp_path / "trace")
-    points = _points(lambda: assign(s, "vm1", [GPU], kernel=k))
-    assert points[:2] == ["assign.intent", "assign.claimed"] and "vfio.bind.intent" in points, points
-    assert points[-1] == "assign.finished"
+    pts = cp.points(lambda: assign(s, "vm1", [GPU], kernel=k))
+    assert pts[:2] == ["assign.intent", "assign.claimed"] and "vfio.bind.intent" in pts, pts
+    assert pts[-1] == "assign.finished"
     outcomes = []
-    for n in range(1, len(points) + 1):
+    for n in range(1, len(pts) + 1):
         s, k = _host(tmp_path / f"kill{n}")
-        where = _crash_at(n, lambda: assign(s, "vm1", [GPU], kernel=k))
+        where = cp.crash_at(n, lambda: assign(s, "vm1", [GPU], kernel=k))
         rep = reconcile(s, kernel=k)
         assert rep["ok"], (n, where, rep)
         held = agrees(s, k)
@@ -114,11 +85,11 @@ def test_every_point_of_a_release(tmp_path, restore_drivers):
         return s, k
 
     s, k = assigned(tmp_path / "trace")
-    points = _points(lambda: release(s, "vm1", restore=restore_drivers, kernel=k))
-    assert points[0] == "release.intent" and ("vfio.restore.intent" in points) == restore_drivers, points
-    for n in range(1, len(points) + 1):
+    pts = cp.points(lambda: release(s, "vm1", restore=restore_drivers, kernel=k))
+    assert pts[0] == "release.intent" and ("vfio.restore.intent" in pts) == restore_drivers, pts
+    for n in range(1, len(pts) + 1):
         s, k = assigned(tmp_path / f"kill{n}")
-        where = _crash_at(n, lambda: release(s, "vm1", restore=restore_drivers, kernel=k))
+        where = cp.crash_at(n, lambda: release(s, "vm1", restore=restore_drivers, kernel=k))
         rep = reconcile(s, kernel=k)
         assert rep["ok"], (n, where, rep)
         assert agrees(s, k) == {}, (n, where)  # an interrupted release is always finished
