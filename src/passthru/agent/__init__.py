@@ -1,6 +1,7 @@
 """``passthru serve``: the agent, a FastAPI app on uvicorn over the same service layer as the CLI.
 
-    api.py      create_app(): endpoints, request validation, errors as JSON, bearer-token gate
+    api.py      create_app(): endpoints, request validation, errors as JSON
+    gate.py     the ASGI gate: bearer token, request counters (labels from fixed sets)
     core.py     Agent: the inventory snapshot kept in memory, writes, reconcile, VM liveness
     events.py   hot-plug events (pyudev, kernel uevents) debounced into inventory refreshes
     vms.py      which VMs run: QEMU processes by -name / -uuid

@@ -8,7 +8,6 @@ inventory snapshot is refreshed after every write.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import stat
@@ -26,6 +25,7 @@ from .. import __version__
 from ..commands import Session
 from ..errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
 from .core import Agent
+from .gate import Gate
 
 __all__ = ["create_app", "API_VERSION"]
 
@@ -333,49 +333,6 @@ def _field_errors(errors: list[dict]) -> list[dict]:
 def invalid(field: str, message: str) -> RequestValidationError:
     """A 422 for a rule pydantic cannot express on one field."""
     return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
-
-
-# -- authentication and counters ----------------------------------------------------------------------------------
-class Gate:
-    """Pure ASGI middleware: bearer token check (when the app has a token) and request counters."""
-
-    OPEN = frozenset({"/health"})
-
-    def __init__(self, app: Any, agent: Agent, token: str | None) -> None:
-        self.app = app
-        self.agent = agent
-        self.expected = f"Bearer {token}".encode() if token else None
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        counters = self.agent.counters
-        method = scope["method"]
-        if self.expected is not None and scope["path"] not in self.OPEN:
-            got = b""
-            for k, v in scope["headers"]:
-                if k == b"authorization":
-                    got = v
-                    break
-            if not hmac.compare_digest(got, self.expected):
-                counters.add(counters.errors, ("api", "unauthorized"))
-                counters.add(counters.requests, (method, 401))
-                body = (b'{"code":"unauthorized","message":"this listener needs the bearer token: '
-                        b'Authorization: Bearer <contents of the token file (/etc/passthru/token)>"}')
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode()),
-                                        (b"www-authenticate", b'Bearer realm="passthru"')]})
-                await send({"type": "http.response.body", "body": body})
-                return
-
-        async def counted(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                counters.add(counters.requests, (method, message["status"]))
-            await send(message)
-
-        await self.app(scope, receive, counted)
 
 
 # -- the app ------------------------------------------------------------------------------------------------------

@@ -1,0 +1,191 @@
+"""`passthru serve` under hostile traffic (issue #12): the agent runs as its own process (`python -m passthru serve`
+on the gpu_server fixture), so its RSS is read from /proc/PID/status and its file descriptors are its own; clients
+are raw sockets on 127.0.0.1.
+
+- D1: invented HTTP methods, with and without the token, do not add /metrics series or memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import sysfs_fixtures as fx
+
+pytestmark = pytest.mark.timeout(120)
+TOKEN = "test-token-0123456789abcdef"
+MiB = 1024
+
+
+# -- harness: the agent as a process, raw HTTP/1.1 over sockets -----------------------------------------------------
+class Agent:
+    def __init__(self, root: Path, *args: str, listen: str = "127.0.0.1:0", nofile: str | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PASSTHRU_")}
+        wrap = ["prlimit", f"--nofile={nofile}", "--"] if nofile else []
+        self.p = subprocess.Popen([*wrap, sys.executable, "-m", "passthru", "--root", str(root), "serve", "--listen",
+                                   listen, "--no-hotplug", "--no-reconcile", "--log-level", "info", *args],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True, env=env)
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 60
+        m = None
+        while m is None and time.monotonic() < deadline:
+            line = self.p.stderr.readline()
+            if not line:
+                self.p.kill()
+                raise AssertionError("the agent did not start:\n" + "".join(self.lines))
+            self.lines.append(line)
+            m = re.search(r"listening on (\S+):(\d+)", line)
+        assert m, self.lines
+        self.port = int(m.group(2))
+        while "Application startup complete" not in self.lines[-1]:
+            self.lines.append(self.p.stderr.readline())
+        threading.Thread(target=lambda: self.lines.extend(self.p.stderr), daemon=True).start()
+        self.token = (root / "etc/passthru/token").read_text().strip()
+
+    def status(self, key: str = "VmRSS") -> int:
+        """KiB, from /proc/PID/status (VmRSS, VmHWM)."""
+        text = Path(f"/proc/{self.p.pid}/status").read_text()
+        return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1))
+
+    def stop(self) -> None:
+        self.p.terminate()
+        try:
+            self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+@contextmanager
+def agent_process(root: Path, *args: str, **kw):
+    a = Agent(root, *args, **kw)
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def read_responses(s: socket.socket, n: int, buf: bytes = b"") -> tuple[list[tuple[int, dict, bytes]], bytes]:
+    """n responses (status, headers, body) from s; every answer of the agent has a Content-Length."""
+    out = []
+    while len(out) < n:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            lines = buf[:end].decode("latin-1").split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+            length = int(headers["content-length"])
+            if len(buf) >= end + 4 + length:
+                out.append((int(lines[0].split()[1]), headers, buf[end + 4:end + 4 + length]))
+                buf = buf[end + 4 + length:]
+                continue
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError(f"closed after {len(out)} of {n} responses: {buf[:200]!r}")
+        buf += chunk
+    return out, buf
+
+
+def request(port: int, raw: bytes, timeout: float = 30) -> tuple[int, dict, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        return read_responses(s, 1)[0][0]
+
+
+def get(port: int, path: str, token: str | None = None) -> tuple[int, dict, bytes]:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return request(port, f"GET {path} HTTP/1.1\r\nHost: agent\r\n{auth}\r\n".encode())
+
+
+def invented(port: int, n: int, token: str | None, first: int = 0, batch: int = 250) -> set[int]:
+    """n requests with methods nobody uses, pipelined on one kept-alive connection; the statuses seen."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    seen = set()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        buf = b""
+        for start in range(first, first + n, batch):
+            k = min(batch, first + n - start)
+            s.sendall(b"".join(f"X{i:06d} /devices HTTP/1.1\r\nHost: agent\r\n{auth}\r\n".encode()
+                               for i in range(start, start + k)))
+            got, buf = read_responses(s, k, buf)
+            seen |= {st for st, _, _ in got}
+    return seen
+
+
+def series(text: bytes) -> list[bytes]:
+    return [ln.rsplit(b" ", 1)[0] for ln in text.splitlines() if ln and not ln.startswith(b"#")]
+
+
+def readable(s: socket.socket, timeout: float = 0) -> bool:
+    """Data or EOF waiting (poll: select() cannot watch descriptors above 1023)."""
+    p = select.poll()
+    p.register(s, select.POLLIN)
+    return bool(p.poll(timeout * 1000))
+
+
+def closed_by_peer(s: socket.socket, timeout: float) -> bool:
+    if not readable(s, timeout):
+        return False
+    try:
+        return s.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+
+
+def half_open(port: int, n: int) -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: ag")  # never finished
+        socks.append(s)
+    return socks
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _client_fds():
+    """The client sockets of the half-open tests are this process's descriptors too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return fx.gpu_server(tmp_path_factory.mktemp("hardening") / "gs")
+
+
+@pytest.fixture(scope="module")
+def agent(root):
+    """One agent with the default limits, shared by the tests that leave it as they found it."""
+    with agent_process(root) as a:
+        yield a
+
+
+# -- D1: metric labels ----------------------------------------------------------------------------------------------
+def test_invented_methods_add_no_metric_series_and_no_memory(agent):
+    assert invented(agent.port, 20, None) == {401} and invented(agent.port, 20, agent.token) == {405}
+    get(agent.port, "/metrics", agent.token)  # its own series (GET 200) exists from now on
+    st, _, before = get(agent.port, "/metrics", agent.token)
+    rss = agent.status()
+    assert b'passthru_http_requests_total{method="other",status="401"}' in before
+    n = 2500
+    assert invented(agent.port, n, None, first=100) == {401}  # no token: refused at the gate
+    assert invented(agent.port, n, agent.token, first=100 + n) == {405}  # with it: the app's 405
+    st, _, after = get(agent.port, "/metrics", agent.token)
+    assert st == 200 and series(after) == series(before)  # the same series, only the counts moved
+    assert len(after) < len(before) + 200
+    counts = dict(re.findall(rb'passthru_http_requests_total\{method="other",status="(\d+)"\} (\d+)', after))
+    assert int(counts[b"401"]) >= 20 + n and int(counts[b"405"]) >= 20 + n
+    assert agent.status() - rss < 8 * MiB, (rss, agent.status())
