@@ -2,12 +2,14 @@
 on the gpu_server fixture), so its RSS is read from /proc/PID/status and its file descriptors are its own; clients
 are raw sockets on 127.0.0.1.
 
-- D1: invented HTTP methods, with and without the token, do not add /metrics series or memory.
+- D1: invented HTTP methods, with and without the token, do not add /metrics series or memory;
+- a bug is a 500 with an id, its text only in the log.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import resource
@@ -20,9 +22,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx2
 import pytest
 
 import sysfs_fixtures as fx
+from fake_kernel import FakeKernel
+from passthru.agent.api import create_app
+from passthru.agent.server import AgentServer, Listen
+from passthru.commands import Session
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "test-token-0123456789abcdef"
@@ -189,3 +196,38 @@ def test_invented_methods_add_no_metric_series_and_no_memory(agent):
     counts = dict(re.findall(rb'passthru_http_requests_total\{method="other",status="(\d+)"\} (\d+)', after))
     assert int(counts[b"401"]) >= 20 + n and int(counts[b"405"]) >= 20 + n
     assert agent.status() - rss < 8 * MiB, (rss, agent.status())
+
+
+# -- in-process: internal errors, integers ----------------------------------------------------------------------------
+@pytest.fixture
+def served(tmp_path):
+    b = fx.make_gpu_server(tmp_path / "gs")
+    app = create_app(str(b.root), kernel=FakeKernel(Session(str(b.root)).host), token=TOKEN, udev=False)
+    srv = AgentServer(app, Listen("tcp", host="127.0.0.1", port=0))
+    where = srv.start()
+    client = httpx2.Client(base_url=f"http://127.0.0.1:{where.port}", headers={"Authorization": f"Bearer {TOKEN}"},
+                           timeout=60)
+    try:
+        yield app, client
+    finally:
+        client.close()
+        srv.stop()
+
+
+def test_a_bug_is_a_500_with_an_id_and_its_detail_only_in_the_log(served, caplog):
+    app, c = served
+
+    def broken() -> dict:
+        raise RuntimeError("secret detail: /etc/shadow")
+
+    app.state.agent.vm_status = broken
+    with caplog.at_level(logging.ERROR, logger="passthru.agent"):
+        r = c.get("/assignments")
+    assert r.status_code == 500
+    doc = r.json()
+    assert doc["code"] == "internal" and "secret" not in r.text and "RuntimeError" not in r.text
+    eid = re.fullmatch(r"internal error \(id ([0-9a-f]{8})\); the agent's log has the details", doc["message"])
+    assert eid, doc
+    logged = [rec for rec in caplog.records if eid.group(1) in rec.getMessage()]
+    assert logged and "secret detail" in logged[0].getMessage() and logged[0].exc_info, caplog.records
+    assert c.get("/health").status_code == 200  # and it goes on serving

@@ -25,7 +25,7 @@ from .. import __version__
 from ..commands import Session
 from ..errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
 from .core import Agent
-from .gate import Gate
+from .gate import Gate, internal_doc
 
 __all__ = ["create_app", "API_VERSION"]
 
@@ -283,7 +283,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrorDoc, "description": "The request does not match the schema; errors name the "
                                                       "fields."},
     500: {"model": ErrorDoc, "description": "The host failed an operation (host_error; rolled back) or a bug "
-                                            "(internal)."},
+                                            "(internal: a generic message with an id; the agent's log has the "
+                                            "details)."},
 }
 
 
@@ -386,7 +387,9 @@ def _handlers(app: FastAPI, agent: Agent) -> None:
     async def passthru_error(_r: Request, e: PassthruError) -> JSONResponse:
         status, doc = error_doc(e)
         count(doc["code"])
-        if status >= 500:
+        if doc["code"] == "internal":
+            doc = internal_doc(e)
+        elif status >= 500:
             log.error("%s", e)
         return JSONResponse(doc, status_code=status)
 
@@ -413,10 +416,9 @@ def _handlers(app: FastAPI, agent: Agent) -> None:
         return JSONResponse({"code": code, "message": msg}, status_code=e.status_code, headers=headers)
 
     @app.exception_handler(Exception)
-    async def internal_error(_r: Request, e: Exception) -> JSONResponse:
+    async def internal_error(_r: Request, e: Exception) -> JSONResponse:  # Gate answers first; this is a backstop
         count("internal")
-        log.exception("internal error")
-        return JSONResponse({"code": "internal", "message": f"{type(e).__name__}: {e}"}, status_code=500)
+        return JSONResponse(internal_doc(e), status_code=500)
 
 
 def _json(doc: Any, status: int = 200) -> JSONResponse:

@@ -1,19 +1,26 @@
-"""The agent's outermost own layer (pure ASGI middleware): bearer token and request counters.
+"""The agent's outermost own layer (pure ASGI middleware): bearer token, request counters, and internal errors as a
+generic 500.
 
 - **Token**: on TCP every request but ``GET /health`` needs ``Authorization: Bearer <token>`` (constant-time
   comparison); otherwise 401 before anything reads the body.
 - **Counters**: ``passthru_http_requests_total{method,status}`` with labels from fixed sets only: the methods in
   METHODS, any other method is ``other``; statuses are ints 100-599 (0 otherwise). A client inventing methods
   moves a counter and adds no series.
+- **Internal errors**: an exception no handler turned into an answer becomes ``{"code": "internal", "message":
+  "internal error (id X); the agent's log has the details"}``, and the log gets the traceback under the same id. The
+  exception's text never reaches the client.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import secrets
 from typing import Any, Callable
 
-__all__ = ["Gate", "METHODS", "method_label"]
+__all__ = ["Gate", "METHODS", "method_label", "internal_doc"]
 
+log = logging.getLogger("passthru.agent")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
@@ -23,6 +30,13 @@ def method_label(method: str) -> str:
 
 def status_label(status: Any) -> int:
     return status if isinstance(status, int) and 100 <= status <= 599 else 0
+
+
+def internal_doc(e: BaseException) -> dict:
+    """The answer to a bug: an id to look up in the log, where the traceback is logged with it."""
+    eid = secrets.token_hex(4)
+    log.error("internal error (id %s): %s: %s", eid, type(e).__name__, e, exc_info=e)
+    return {"code": "internal", "message": f"internal error (id {eid}); the agent's log has the details"}
 
 
 def _json_response(status: int, doc: dict, *extra: tuple[bytes, bytes]) -> tuple[dict, dict]:
@@ -49,9 +63,12 @@ class Gate:
             return
         counters = self.agent.counters
         method = method_label(scope["method"])
+        started = False
 
         async def counted(message: dict) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 counters.add(counters.requests, (method, status_label(message["status"])))
             await send(message)
 
@@ -68,4 +85,11 @@ class Gate:
                                                        "<contents of the token file (/etc/passthru/token)>"},
                             (b"www-authenticate", b'Bearer realm="passthru"'))
                 return
-        await self.app(scope, receive, counted)
+        try:
+            await self.app(scope, receive, counted)
+        except Exception as e:  # noqa: BLE001 - a bug: answered without its text, logged with an id
+            doc = internal_doc(e)
+            if started:  # too late for an answer: uvicorn closes the connection
+                counters.add(counters.errors, ("api", "internal"))
+            else:
+                await reply(500, "internal", doc, (b"connection", b"close"))
