@@ -3,7 +3,8 @@ on the gpu_server fixture), so its RSS is read from /proc/PID/status and its fil
 are raw sockets on 127.0.0.1.
 
 - D1: invented HTTP methods, with and without the token, do not add /metrics series or memory;
-- a bug is a 500 with an id, its text only in the log.
+- a bug is a 500 with an id, its text only in the log;
+- integral floats are integers, other numbers are not.
 """
 
 from __future__ import annotations
@@ -231,3 +232,28 @@ def test_a_bug_is_a_500_with_an_id_and_its_detail_only_in_the_log(served, caplog
     logged = [rec for rec in caplog.records if eid.group(1) in rec.getMessage()]
     assert logged and "secret detail" in logged[0].getMessage() and logged[0].exc_info, caplog.records
     assert c.get("/health").status_code == 200  # and it goes on serving
+
+
+def test_integral_floats_are_integers_and_other_numbers_are_not(served):
+    _, c = served
+    pf = "0000:3b:00.0"
+    r = c.post("/vf/count", json={"pf": pf, "count": 4.0, "force": True, "dry_run": True})
+    assert r.status_code == 200 and r.json()["after"] == 4, r.text
+    r = c.post("/vf/set", json={"pf": pf, "vf": 2.0, "mac": "52:54:00:12:34:56", "vlan": 100.0, "dry_run": True})
+    assert r.status_code == 200, r.text
+    r = c.post("/assign", json={"vm": "vm1", "devices": ["nvme"], "numa": 1.0, "numa_policy": "prefer",
+                                "bind": False})
+    assert r.status_code == 200, r.text
+    for path, body, field in (("/vf/set", {"pf": pf, "vf": 3739.5, "mac": "52:54:00:12:34:56"}, "vf"),
+                              ("/vf/set", {"pf": pf, "vf": "3", "mac": "52:54:00:12:34:56"}, "vf"),
+                              ("/vf/set", {"pf": pf, "vf": True, "mac": "52:54:00:12:34:56"}, "vf"),
+                              ("/vf/set", {"pf": pf, "vf": 2, "vlan": 1.5}, "vlan"),
+                              ("/vf/reset", {"pf": pf, "vf": 0.25}, "vf"),
+                              ("/vf/count", {"pf": pf, "count": 2.5}, "count"),
+                              ("/assign", {"vm": "vm2", "devices": ["nvme"], "numa": "1"}, "numa")):
+        r = c.post(path, json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == [field], r.text
+    assert "fractional part" in c.post("/vf/count", json={"pf": pf, "count": 2.5}).json()["message"]
+    vlan = c.get("/openapi.json").json()["components"]["schemas"]["VfSetBody"]["properties"]["vlan"]["anyOf"][0]
+    assert vlan == {"type": "integer", "minimum": 0, "maximum": 4095}  # the bounds stay in the schema

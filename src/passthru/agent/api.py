@@ -18,7 +18,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -45,6 +46,23 @@ HexId = Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{1,4}$")]
 PortId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
+def _integral(v: Any) -> Any:
+    """JSON has one number type: 3739.0 is the integer 3739. A fraction is refused; strings and booleans are left
+    to the strict integer check, which refuses them."""
+    if isinstance(v, float):
+        if v.is_integer():
+            return int(v)
+        raise PydanticCustomError("int_from_float", "Input should be a valid integer, got a number with a "
+                                                    "fractional part")
+    return v
+
+
+# every integer field of a body is one of these two; ``Integer | None`` would validate the same but lose its bounds
+# in the JSON schema (pydantic cannot move Field(ge=, le=) past a validator inside a union)
+Integer = Annotated[int, BeforeValidator(_integral)]
+OptionalInteger = Annotated[int | None, BeforeValidator(_integral)]
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -67,7 +85,7 @@ class AssignBody(Body):
     vm: VmName
     devices: list[Spec] = Field(min_length=1, max_length=64, description="0000:86:00.0 | gpu | MODEL | "
                                 "usb:VVVV:PPPP[:SERIAL] | usb:BUS-PORT | serial:/dev/ttyS1 | mdev:UUID")
-    numa: int | None = Field(None, ge=0, le=4095, description="Pick devices on this NUMA node.")
+    numa: OptionalInteger = Field(None, ge=0, le=4095, description="Pick devices on this NUMA node.")
     numa_policy: Literal["strict", "prefer"] = "strict"
     vm_uuid: Uuid | None = None
     bind: bool = Field(True, description="Move PCI devices to vfio-pci (false: record only).")

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
 
-from .api import Body, Doc, Versioned
+from .api import Body, Doc, Integer, OptionalInteger, Versioned
 from .core import Agent
 
 __all__ = ["add_routes"]
@@ -38,7 +38,7 @@ class VgpuCreateBody(Body):
 
 class VfCountBody(Body):
     pf: PfName = Field(description="PCI address, interface or devlink handle of the PF.")
-    count: int | None = Field(None, ge=0, le=4096, description="VFs wanted (0 removes them); or restore.")
+    count: OptionalInteger = Field(None, ge=0, le=4096, description="VFs wanted (0 removes them); or restore.")
     autoprobe: bool | None = Field(None, description="sriov_drivers_autoprobe: false keeps host drivers off new VFs.")
     restore: bool = Field(False, description="Back to the count and autoprobe passthru found.")
     force: bool = Field(False, description="Destroy VFs even though they are in use.")
@@ -47,21 +47,21 @@ class VfCountBody(Body):
 
 class VfSetBody(Body):
     pf: PfName
-    vf: int = Field(ge=0, le=4095, description="VF index.")
+    vf: Integer = Field(ge=0, le=4095, description="VF index.")
     mac: Mac | None = None
-    vlan: int | None = Field(None, ge=0, le=4095)
-    qos: int | None = Field(None, ge=0, le=7)
+    vlan: OptionalInteger = Field(None, ge=0, le=4095)
+    qos: OptionalInteger = Field(None, ge=0, le=7)
     spoofchk: bool | None = None
     trust: bool | None = None
-    min_tx_rate: int | None = Field(None, ge=0, le=0xFFFFFFFE, description="Mbit/s")
-    max_tx_rate: int | None = Field(None, ge=0, le=0xFFFFFFFE, description="Mbit/s (0: none)")
+    min_tx_rate: OptionalInteger = Field(None, ge=0, le=0xFFFFFFFE, description="Mbit/s")
+    max_tx_rate: OptionalInteger = Field(None, ge=0, le=0xFFFFFFFE, description="Mbit/s (0: none)")
     link_state: Literal["auto", "enable", "disable"] | None = None
     dry_run: bool = False
 
 
 class VfResetBody(Body):
     pf: PfName
-    vf: int = Field(ge=0, le=4095)
+    vf: Integer = Field(ge=0, le=4095)
     dry_run: bool = False
 
 
