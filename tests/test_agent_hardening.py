@@ -4,7 +4,9 @@ are raw sockets on 127.0.0.1.
 
 - D1: invented HTTP methods, with and without the token, do not add /metrics series or memory;
 - a bug is a 500 with an id, its text only in the log;
-- integral floats are integers, other numbers are not.
+- integral floats are integers, other numbers are not;
+- D2: 1,100 half-open connections do not keep `GET /health` out (also under a 1024 open-file limit), the
+  header timeout closes a half-open connection, and the log stays small (identical errors are rate-limited).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import re
 import resource
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +32,7 @@ import pytest
 import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
 from passthru.agent.api import create_app
+from passthru.agent.logfilter import RateLimit
 from passthru.agent.server import AgentServer, Listen
 from passthru.commands import Session
 
@@ -257,3 +261,110 @@ def test_integral_floats_are_integers_and_other_numbers_are_not(served):
     assert "fractional part" in c.post("/vf/count", json={"pf": pf, "count": 2.5}).json()["message"]
     vlan = c.get("/openapi.json").json()["components"]["schemas"]["VfSetBody"]["properties"]["vlan"]["anyOf"][0]
     assert vlan == {"type": "integer", "minimum": 0, "maximum": 4095}  # the bounds stay in the schema
+
+
+# -- D2: connections ------------------------------------------------------------------------------------------------
+def test_1100_half_open_connections_do_not_lock_out_a_client(agent):
+    lines = len(agent.lines)
+    socks = half_open(agent.port, 1100)
+    try:
+        t = time.perf_counter()
+        st, _, body = get(agent.port, "/health")
+        took = time.perf_counter() - t
+        assert st == 200 and json.loads(body)["status"] == "ok" and took < 1.0, took
+        # at the limit (1000) each new connection closed the one that had waited longest for its headers
+        assert all(closed_by_peer(s, 2) for s in socks[:100])
+        assert not any(readable(s) for s in socks[-800:])
+        st, _, m = get(agent.port, "/metrics", agent.token)
+        evicted = int(re.search(rb'passthru_connections_closed_total\{reason="evicted"\} (\d+)', m).group(1))
+        assert evicted >= 101, m
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.2)
+    logged = agent.lines[lines:]
+    assert len(logged) <= 10, logged  # rate limited: the first few, the rest counted
+    assert not any("Too many open files" in ln or "Traceback" in ln for ln in logged), logged
+
+
+def test_half_open_connections_under_systemds_default_file_limit(root):
+    """With 1024 open files (soft and hard; a unit without LimitNOFILE=) the agent serves fewer connections,
+    says so, and never runs out of descriptors."""
+    if not shutil.which("prlimit"):
+        pytest.skip("prlimit not installed (apt install util-linux)")
+    with agent_process(root, nofile="1024:1024") as a:
+        assert any("serving at most 512 connections, not 1000" in ln for ln in a.lines), a.lines
+        socks = half_open(a.port, 1100)
+        try:
+            t = time.perf_counter()
+            assert get(a.port, "/health")[0] == 200 and time.perf_counter() - t < 1.0
+        finally:
+            for s in socks:
+                s.close()
+        time.sleep(0.2)
+        assert not any("out of system resource" in ln or "Too many open files" in ln for ln in a.lines), a.lines
+        assert len(a.lines) < 25, a.lines
+
+
+def test_the_header_timeout_closes_a_half_open_connection(root):
+    with agent_process(root, "--header-timeout", "0.5", "--idle-timeout", "0.5") as a:
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10) as s:
+            t = time.perf_counter()
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: ag")
+            assert closed_by_peer(s, 5) and 0.4 < time.perf_counter() - t < 3
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10) as s:  # a byte at a time: the same
+            t = time.perf_counter()
+            for c in b"GET /health HTTP/1.1\r\n":
+                s.send(bytes([c]))
+                time.sleep(0.05)
+                if readable(s):
+                    break
+            assert closed_by_peer(s, 5) and time.perf_counter() - t < 3
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10) as s:  # slow but in time: answered
+            s.sendall(b"GET /health HTTP/1.1\r\n")
+            time.sleep(0.2)
+            s.sendall(b"Host: agent\r\n\r\n")
+            assert read_responses(s, 1)[0][0][0] == 200
+            # kept alive, then idle: closed by the idle timeout; a started next request by the header timeout
+            assert closed_by_peer(s, 5)
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: agent\r\n\r\n")
+            assert read_responses(s, 1)[0][0][0] == 200
+            s.sendall(b"GET /health HTTP/1.1\r\n")
+            assert closed_by_peer(s, 5)
+        st, _, m = get(a.port, "/metrics", a.token)
+        assert int(re.search(rb'passthru_connections_closed_total\{reason="header_timeout"\} (\d+)', m).group(1)) >= 3
+
+
+# -- the log filter -------------------------------------------------------------------------------------------------
+def test_identical_errors_are_rate_limited_with_a_count_of_the_rest():
+    now = [0.0]
+    limiter = RateLimit(burst=3, interval=10, clock=lambda: now[0])
+    log = logging.getLogger("passthru.test.ratelimit")
+    got: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.getMessage())
+
+    log.addHandler(Keep())
+    log.addFilter(limiter)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        for _ in range(1000):
+            log.error("socket.accept() out of system resource")
+        log.error("another message")
+        log.info("info always passes")
+        assert got == ["socket.accept() out of system resource"] * 3 + ["another message", "info always passes"]
+        now[0] = 11
+        log.error("socket.accept() out of system resource")
+        assert got[-2:] == ["suppressed 997 similar messages in the last 11 s: socket.accept() out of system "
+                            "resource", "socket.accept() out of system resource"]
+        for _ in range(5):
+            log.warning("x")
+        limiter.flush()
+        assert got[-1].startswith("suppressed 2 similar messages") and got[-1].endswith(": x")
+    finally:
+        log.filters.clear()
+        log.handlers.clear()

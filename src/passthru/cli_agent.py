@@ -3,12 +3,16 @@ when the agent starts, so the other verbs do not pay for them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from .cli import _Ctx, app
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .agent.limits import Limits
+    from .agent.server import Listen
 
 
 @app.command()
@@ -21,6 +25,14 @@ def serve(
     token_file: Annotated[Optional[str], typer.Option(
         "--token-file", metavar="FILE", help="Bearer token for TCP; generated (0600) when missing. "
                                              "Default: /etc/passthru/token.")] = None,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", metavar="N", help="Open connections at most; at the limit a new connection closes the "
+                                               "one that waited longest for its request headers.")] = 1000,
+    header_timeout: Annotated[float, typer.Option(
+        "--header-timeout", metavar="SECONDS", help="Close a connection that has not sent complete request headers "
+                                                    "in this time.")] = 10.0,
+    idle_timeout: Annotated[float, typer.Option(
+        "--idle-timeout", metavar="SECONDS", help="Close a kept-alive connection idle this long.")] = 5.0,
     release_gone: Annotated[bool, typer.Option(
         "--release-gone", help="On reconcile, release the devices of VMs whose QEMU process is gone.")] = False,
     no_reconcile: Annotated[bool, typer.Option("--no-reconcile", help="Do not reconcile at start.")] = False,
@@ -36,10 +48,8 @@ def serve(
     Examples: `passthru serve` (unix socket), `passthru serve --listen 127.0.0.1:8080`,
     `curl --unix-socket /run/passthru/agent.sock http://agent/devices`, `passthru serve --install-unit`.
     """
-    import logging
-    import os
-
-    from .agent.server import AgentServer, load_token, parse_listen
+    from .agent.limits import Limits
+    from .agent.server import parse_listen
 
     c: _Ctx = ctx.obj
     if install_unit:
@@ -50,17 +60,38 @@ def serve(
         return
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level {log_level!r}: debug, info, warning or error")
-    logging.basicConfig(level=log_level.upper(), format="passthru-agent: %(levelname)s %(message)s")
+    limits = Limits(max_connections, header_timeout, idle_timeout).check()
     where = parse_listen(listen or f"unix:{c.host.path('/run/passthru/agent.sock')}")
+    _serve(c, where, limits, token_file=token_file, log_level=log_level, reconcile=not no_reconcile,
+           release_gone=release_gone, hotplug=not no_hotplug)
+
+
+def _serve(c: _Ctx, where: Listen, limits: Limits, *, token_file: str | None, log_level: str, reconcile: bool,
+           release_gone: bool, hotplug: bool) -> None:
+    import logging
+    import os
+
+    from .agent import logfilter
+    from .agent.limits import raise_fd_limit
+    from .agent.server import AgentServer, load_token
+
+    logging.basicConfig(level=log_level.upper(), format="passthru-agent: %(levelname)s %(message)s")
+    limiter = logfilter.install()
+    log = logging.getLogger("passthru.agent")
+    limits = raise_fd_limit(limits)
     token = None
     if where.kind == "tcp":
         token = load_token(token_file or os.path.join(c.paths.config_dir, "token"))
     from .agent.api import create_app
 
     application = create_app(c.host.base, c.paths.config_dir, c.paths.state_dir, token=token,
-                             reconcile_on_start=not no_reconcile, release_gone=release_gone, udev=not no_hotplug)
-    server = AgentServer(application, where, log_level=log_level.lower())
+                             reconcile_on_start=reconcile, release_gone=release_gone, udev=hotplug)
+    server = AgentServer(application, where, log_level=log_level.lower(), limits=limits)
     actual = server.open()
-    logging.getLogger("passthru.agent").info("listening on %s%s", actual,
-                                             " (bearer token required)" if token else "")
-    server.run()
+    log.info("listening on %s%s", actual, " (bearer token required)" if token else "")
+    log.info("limits: %d connections, request headers within %gs, idle connections closed after %gs",
+             limits.max_connections, limits.header_timeout, limits.idle_timeout)
+    try:
+        server.run()
+    finally:
+        limiter.flush()

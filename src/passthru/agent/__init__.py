@@ -7,6 +7,8 @@
     vms.py      which VMs run: QEMU processes by -name / -uuid
     metrics.py  GET /metrics (Prometheus text format)
     server.py   where it listens (unix socket 0600 by default; TCP with a token), uvicorn
+    limits.py   connection limit, header and idle timeouts, open-file limit (uvicorn's h11 protocol, subclassed)
+    logfilter.py  rate-limited warnings and errors
 """
 
 from __future__ import annotations

@@ -147,6 +147,7 @@ class Agent:
         self.changes: deque[dict] = deque(maxlen=200)
         self.last_reconcile: dict | None = None
         self.started = time.time()
+        self.connections: Any = None  # the server's limits.Connections, when served (for /metrics)
         self._namer = first.namer()
         self._refresh_lock = threading.Lock()
         self._start_lock = threading.RLock()

@@ -7,6 +7,8 @@
     passthru_vms{status}                              VMs holding devices: running | not_running | gone
     passthru_errors_total{source,code}                API errors by code, reconcile and sync errors
     passthru_http_requests_total{method,status}      method: GET HEAD POST PUT DELETE PATCH OPTIONS or other
+    passthru_connections{state}                       open connections: open | waiting (for request headers)
+    passthru_connections_closed_total{reason}         closed by the agent: header_timeout | evicted | refused
     passthru_hotplug_events_total{subsystem,action}
     passthru_inventory_generation                     bumps at every refresh
     passthru_inventory_refresh_timestamp_seconds, passthru_inventory_refresh_duration_seconds,
@@ -99,6 +101,13 @@ def render_metrics(agent: Agent) -> str:
     o.family("passthru_http_requests_total", "counter", "HTTP requests by method (other: not a standard method) "
              "and status.",
              [({"method": m, "status": s}, n) for (m, s), n in requests])
+    conns = agent.connections
+    if conns is not None:
+        o.family("passthru_connections", "gauge", "Open connections, and of those the ones waiting for request "
+                 "headers.", [({"state": "open"}, len(conns.open)), ({"state": "waiting"}, len(conns.waiting))])
+        o.family("passthru_connections_closed_total", "counter", "Connections the agent closed: no complete "
+                 "request headers in time, evicted at the connection limit, refused (all busy).",
+                 [({"reason": r}, n) for r, n in sorted(dict(conns.closed).items())])
     o.family("passthru_hotplug_events_total", "counter", "Kernel hot-plug events seen, by subsystem and action.",
              [({"subsystem": s, "action": a}, n) for (s, a), n in events])
     o.family("passthru_inventory_generation", "gauge", "Inventory snapshot generation (bumps at every refresh).",

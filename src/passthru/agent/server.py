@@ -25,12 +25,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import HostError, UsageError
+from .limits import Limits
 
 __all__ = ["Listen", "parse_listen", "load_token", "open_socket", "AgentServer", "DEFAULT_SOCKET"]
 
 log = logging.getLogger("passthru.agent")
 DEFAULT_SOCKET = "/run/passthru/agent.sock"
-BACKLOG = 512
+BACKLOG = 1024  # the listen queue (the kernel caps it at net.core.somaxconn)
+# asyncio accepts up to uvicorn's "backlog" sockets per wakeup before any of them reaches the connection limit's
+# protocol; with FD_HEADROOM (limits.py) well above twice this batch, a burst of connections never runs the agent out
+# of file descriptors. (asyncio also listen()s with it: limits.loop_factory restores BACKLOG.)
+ACCEPT_BATCH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,13 +178,15 @@ def open_socket(listen: Listen) -> tuple[socket.socket, Listen]:
 
 class AgentServer:
     """uvicorn serving ``app`` on one socket this class creates. ``run()`` blocks (the CLI); ``start()`` runs it
-    in a thread until ``stop()`` (tests, benchmarks)."""
+    in a thread until ``stop()`` (tests, benchmarks). ``limits``: connections and timeouts (limits.py)."""
 
-    def __init__(self, app: Any, listen: Listen, *, log_level: str = "warning") -> None:
+    def __init__(self, app: Any, listen: Listen, *, log_level: str = "warning", limits: Limits = Limits()) -> None:
         self.app = app
         self.requested = listen
         self.listen = listen
         self.log_level = log_level
+        self.limits = limits
+        self.connections: Any = None
         self.sock: socket.socket | None = None
         self.server: Any = None
         self._thread: threading.Thread | None = None
@@ -195,9 +202,22 @@ class AgentServer:
     def _server(self) -> Any:
         import uvicorn
 
-        config = uvicorn.Config(self.app, log_config=None, log_level=self.log_level, access_log=False,
-                                lifespan="on", server_header=False, date_header=False, proxy_headers=False,
-                                timeout_graceful_shutdown=10)
+        from .limits import Connections, loop_factory, protocol_class
+
+        self.connections = Connections(self.limits)
+        agent = getattr(getattr(self.app, "state", None), "agent", None)
+        if agent is not None:
+            agent.connections = self.connections  # for /metrics
+        loop = loop_factory(self.limits.header_timeout, BACKLOG)
+
+        class Config(uvicorn.Config):
+            def get_loop_factory(self) -> Any:
+                return loop
+
+        config = Config(self.app, log_config=None, log_level=self.log_level, access_log=False,
+                        lifespan="on", server_header=False, date_header=False, proxy_headers=False,
+                        timeout_graceful_shutdown=10, http=protocol_class(self.connections), backlog=ACCEPT_BATCH,
+                        timeout_keep_alive=self.limits.idle_timeout)  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         return self.server
 
