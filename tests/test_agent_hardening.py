@@ -6,7 +6,8 @@ are raw sockets on 127.0.0.1.
 - a bug is a 500 with an id, its text only in the log;
 - integral floats are integers, other numbers are not;
 - D2: 1,100 half-open connections do not keep `GET /health` out (also under a 1024 open-file limit), the
-  header timeout closes a half-open connection, and the log stays small (identical errors are rate-limited).
+  header timeout closes a half-open connection, and the log stays small (identical errors are rate-limited);
+- D5: a body over --max-body is a 413 (declared: without reading it; streamed: cut off), bodies under it work.
 """
 
 from __future__ import annotations
@@ -368,3 +369,63 @@ def test_identical_errors_are_rate_limited_with_a_count_of_the_rest():
     finally:
         log.filters.clear()
         log.handlers.clear()
+
+
+# -- D5: request size -----------------------------------------------------------------------------------------------
+def post_head(token: str, path: str, length: int | None) -> bytes:
+    size = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (f"POST {path} HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\n{size}\r\n\r\n").encode()
+
+
+def test_a_declared_body_over_the_limit_is_refused_unread(agent):
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as s:
+        t = time.perf_counter()
+        s.sendall(post_head(agent.token, "/assign", 1_000_000_000) + b"0" * 65536)
+        ((st, headers, body),), _ = read_responses(s, 1)
+        took = time.perf_counter() - t
+        doc = json.loads(body)
+        assert st == 413 and doc["code"] == "payload_too_large" and "1 MiB" in doc["message"], doc
+        assert headers.get("connection") == "close" and took < 2, took
+        assert closed_by_peer(s, 5)  # the rest of the body is never read
+    assert agent.status("VmHWM") < 200 * MiB
+    # without the token, the same request is a 401, and the body is not read either
+    st, headers, _ = request(agent.port, post_head("wrong", "/assign", 1_000_000_000))
+    assert st == 401 and headers.get("connection") == "close"
+
+
+def test_a_streamed_body_is_cut_off_past_the_limit(agent):
+    rss = agent.status()
+    sent = 0
+    chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as s:
+        s.sendall(post_head(agent.token, "/reconcile", None) + b"1\r\n{\r\n")
+        while sent < 64 << 20 and not readable(s):
+            try:
+                s.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += 65536
+        ((st, headers, body),), _ = read_responses(s, 1)
+    assert st == 413 and json.loads(body)["code"] == "payload_too_large"
+    assert (1 << 20) <= sent < 16 << 20, sent  # answered soon after the limit was passed
+    assert agent.status() - rss < 16 * MiB
+
+
+def test_bodies_under_the_limit_still_work(agent):
+    doc = b'{"release_gone": false}' + b" " * 900_000
+    st, _, body = request(agent.port, post_head(agent.token, "/reconcile", len(doc)) + doc)
+    assert st == 200 and json.loads(body)["reason"] == "on demand"
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (doc[:500_000], doc[500_000:])) + b"0\r\n\r\n"
+    st, _, body = request(agent.port, post_head(agent.token, "/reconcile", None) + chunks)
+    assert st == 200 and json.loads(body)["ok"] is not None
+
+
+def test_max_body_is_a_flag(root, tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "passthru", "--root", str(root), "serve", "--max-body", "lots"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--max-body" in bad.stderr, bad.stderr
+    with agent_process(root, "--max-body", "1K") as a:
+        doc = b'{"release_gone": false}' + b" " * 2000
+        st, _, body = request(a.port, post_head(a.token, "/reconcile", len(doc)) + doc)
+        assert st == 413 and "1 KiB" in json.loads(body)["message"]

@@ -33,6 +33,8 @@ def serve(
                                                     "in this time.")] = 10.0,
     idle_timeout: Annotated[float, typer.Option(
         "--idle-timeout", metavar="SECONDS", help="Close a kept-alive connection idle this long.")] = 5.0,
+    max_body: Annotated[str, typer.Option(
+        "--max-body", metavar="SIZE", help="Largest request body (bytes, or 64K, 1M...); larger: 413.")] = "1M",
     release_gone: Annotated[bool, typer.Option(
         "--release-gone", help="On reconcile, release the devices of VMs whose QEMU process is gone.")] = False,
     no_reconcile: Annotated[bool, typer.Option("--no-reconcile", help="Do not reconcile at start.")] = False,
@@ -48,7 +50,7 @@ def serve(
     Examples: `passthru serve` (unix socket), `passthru serve --listen 127.0.0.1:8080`,
     `curl --unix-socket /run/passthru/agent.sock http://agent/devices`, `passthru serve --install-unit`.
     """
-    from .agent.limits import Limits
+    from .agent.limits import Limits, parse_size
     from .agent.server import parse_listen
 
     c: _Ctx = ctx.obj
@@ -60,7 +62,7 @@ def serve(
         return
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level {log_level!r}: debug, info, warning or error")
-    limits = Limits(max_connections, header_timeout, idle_timeout).check()
+    limits = Limits(max_connections, header_timeout, idle_timeout, parse_size(max_body)).check()
     where = parse_listen(listen or f"unix:{c.host.path('/run/passthru/agent.sock')}")
     _serve(c, where, limits, token_file=token_file, log_level=log_level, reconcile=not no_reconcile,
            release_gone=release_gone, hotplug=not no_hotplug)
@@ -85,12 +87,13 @@ def _serve(c: _Ctx, where: Listen, limits: Limits, *, token_file: str | None, lo
     from .agent.api import create_app
 
     application = create_app(c.host.base, c.paths.config_dir, c.paths.state_dir, token=token,
-                             reconcile_on_start=reconcile, release_gone=release_gone, udev=hotplug)
+                             reconcile_on_start=reconcile, release_gone=release_gone, udev=hotplug,
+                             max_body=limits.max_body)
     server = AgentServer(application, where, log_level=log_level.lower(), limits=limits)
     actual = server.open()
     log.info("listening on %s%s", actual, " (bearer token required)" if token else "")
-    log.info("limits: %d connections, request headers within %gs, idle connections closed after %gs",
-             limits.max_connections, limits.header_timeout, limits.idle_timeout)
+    log.info("limits: %d connections, request headers within %gs, idle connections closed after %gs, bodies up to "
+             "%d bytes", limits.max_connections, limits.header_timeout, limits.idle_timeout, limits.max_body)
     try:
         server.run()
     finally:

@@ -26,7 +26,7 @@ from .. import __version__
 from ..commands import Session
 from ..errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
 from .core import Agent
-from .gate import Gate, internal_doc
+from .gate import Gate, PayloadTooLarge, internal_doc, too_large_doc
 
 __all__ = ["create_app", "API_VERSION"]
 
@@ -135,7 +135,7 @@ class Versioned(Doc):
 
 class ErrorDoc(Doc):
     code: str = Field(description="bad_request | invalid_request | not_found | conflict | refused | unauthorized | "
-                                  "method_not_allowed | host_error | internal")
+                                  "method_not_allowed | payload_too_large | host_error | internal")
     message: str
 
 
@@ -300,6 +300,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
                                            "needs it (refused, with refusals), or a state cannot change."},
     422: {"model": ValidationErrorDoc, "description": "The request does not match the schema; errors name the "
                                                       "fields."},
+    413: {"model": ErrorDoc, "description": "The request body is larger than the agent's --max-body "
+                                            "(payload_too_large)."},
     500: {"model": ErrorDoc, "description": "The host failed an operation (host_error; rolled back) or a bug "
                                             "(internal: a generic message with an id; the agent's log has the "
                                             "details)."},
@@ -368,11 +370,11 @@ def _source(udev: Any, agent_host_live: bool) -> Any:
 def create_app(root: str | None = None, config_dir: str | None = None, state_dir: str | None = None, *,
                session_factory: Callable[[], Session] | None = None, kernel: Any = None, token: str | None = None,
                reconcile_on_start: bool = True, release_gone: bool = False, udev: Any = True,
-               debounce: float = 0.2) -> FastAPI:
+               debounce: float = 0.2, max_body: int = 1 << 20) -> FastAPI:
     """The agent as an ASGI app. ``kernel``: the takeover's kernel boundary (tests: a fake one on a fixture root;
     None: the real one). ``token``: required as ``Authorization: Bearer`` on every endpoint but /health (TCP).
     ``udev``: True for the kernel's hot-plug events on the live host, False for none, or an event source
-    (``events.QueueSource``)."""
+    (``events.QueueSource``). ``max_body``: the largest request body in bytes (413 above it)."""
     factory = session_factory or (lambda: Session(root, config_dir, state_dir))
     probe = factory()
     agent = Agent(factory, kernel=kernel, release_gone=release_gone,
@@ -391,7 +393,7 @@ def create_app(root: str | None = None, config_dir: str | None = None, state_dir
                   description="VM device passthrough for this KVM host: inventory, IOMMU groups, doctor, vfio-pci "
                               "takeover, assignments, hot plug. docs/agent.md describes it.")
     app.state.agent = agent
-    app.add_middleware(Gate, agent=agent, token=token)
+    app.add_middleware(Gate, agent=agent, token=token, max_body=max_body)
     _handlers(app, agent)
     _routes(app, agent)
     return app
@@ -420,6 +422,9 @@ def _handlers(app: FastAPI, agent: Agent) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(r: Request, e: StarletteHTTPException) -> JSONResponse:
+        if isinstance(e, PayloadTooLarge):  # a streamed body past --max-body, met while reading it
+            count("payload_too_large")
+            return JSONResponse(too_large_doc(e.limit), status_code=413, headers=e.headers)
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "bad_request")
         count(code)
         msg = {404: "no such endpoint (GET /openapi.json lists them)"}.get(e.status_code, str(e.detail))
@@ -543,12 +548,12 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
         return Response(render_metrics(agent), media_type=CONTENT_TYPE)
 
     # -- writes ---------------------------------------------------------------------------------------------------
-    @app.post("/reconcile", response_model=ReconcileDoc, responses=_errors(400, 401, 422), tags=["agent"],
+    @app.post("/reconcile", response_model=ReconcileDoc, responses=_errors(400, 401, 413, 422), tags=["agent"],
               summary="Re-apply persisted bindings and vGPUs, mark lost devices, check VMs")
     def reconcile(body: ReconcileBody | None = None) -> JSONResponse:
         return _json(agent.reconcile(release_gone=body.release_gone if body else None))
 
-    @app.post("/bind", response_model=OutcomeDoc, responses=_errors(400, 401, 404, 409, 422, 500),
+    @app.post("/bind", response_model=OutcomeDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["takeover"], summary="Take devices over for vfio-pci (as `passthru bind`)")
     def bind(body: BindBody) -> JSONResponse:
         allow = frozenset(f for f, on in (("--force-netdev", body.force_netdev),
@@ -558,7 +563,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
                                               kernel=agent.kernel), refresh=None if body.dry_run else "bind")
         return _json(out.to_json())
 
-    @app.post("/restore", response_model=OutcomeDoc, responses=_errors(400, 401, 404, 422, 500), tags=["takeover"],
+    @app.post("/restore", response_model=OutcomeDoc, responses=_errors(400, 401, 404, 413, 422, 500), tags=["takeover"],
               summary="Give devices back to their prior drivers (as `passthru restore`)")
     def restore(body: RestoreBody) -> JSONResponse:
         if bool(body.addresses) == body.all:
@@ -567,7 +572,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
                                                  kernel=agent.kernel), refresh="restore")
         return _json(out.to_json())
 
-    @app.post("/models", response_model=ModelChangeDoc, responses=_errors(400, 401, 422), tags=["models"],
+    @app.post("/models", response_model=ModelChangeDoc, responses=_errors(400, 401, 413, 422), tags=["models"],
               summary="Add a custom device model (as `passthru model add`)")
     def model_add(body: ModelBody) -> JSONResponse:
         st = agent.write(lambda s: config.add_model(s.paths.models_file, body.name, body.vendor, body.device,
@@ -580,7 +585,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
         agent.write(lambda s: config.remove_model(s.paths.models_file, name), refresh="model remove")
         return _json({"schema": 1, "name": name, "status": "removed"})
 
-    @app.post("/assign", response_model=AssignDoc, responses=_errors(400, 401, 404, 409, 422, 500),
+    @app.post("/assign", response_model=AssignDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["assignments"], summary="Give devices to a VM: atomic claims, PCI groups to vfio-pci")
     def assign(body: AssignBody) -> JSONResponse:
         res = agent.write(lambda s: service.assign(s, body.vm, body.devices, numa=body.numa,
@@ -588,7 +593,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
                                                    bind=body.bind, kernel=agent.kernel), refresh="assign")
         return _json(res.to_json())
 
-    @app.post("/release", response_model=ReleaseDoc, responses=_errors(400, 401, 404, 422, 500),
+    @app.post("/release", response_model=ReleaseDoc, responses=_errors(400, 401, 404, 413, 422, 500),
               tags=["assignments"], summary="Take devices away from a VM (all, or those named)")
     def release(body: ReleaseBody) -> JSONResponse:
         out = agent.write(lambda s: service.release(s, body.vm, body.devices, restore=body.restore,
@@ -617,7 +622,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
                 except PassthruError:
                     pass
 
-    @app.post("/attach", response_model=AttachDoc, responses=_errors(400, 401, 404, 409, 422, 500),
+    @app.post("/attach", response_model=AttachDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["vms"], summary="Hot-plug devices into a running VM over QMP (assigning them first if needed)")
     def attach(body: AttachBody) -> JSONResponse:
         _check_socket(body.qmp)
@@ -633,7 +638,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
         res = agent.write(run, refresh="attach")
         return _json({"schema": 1, "vm": body.vm, "attached": res})
 
-    @app.post("/detach", response_model=DetachDoc, responses=_errors(400, 401, 404, 409, 422, 500),
+    @app.post("/detach", response_model=DetachDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["vms"], summary="Hot-unplug devices from a running VM, then release (or keep) them")
     def detach(body: DetachBody) -> JSONResponse:
         _check_socket(body.qmp)

@@ -1,4 +1,4 @@
-"""What one client may hold of the agent: connections, time to send request headers, file descriptors.
+"""What one client may hold of the agent: connections, time to send request headers, body size, file descriptors.
 
     header timeout    a connection must complete its request headers within N s of connecting (or, on a kept-alive
                       connection, of the first byte of its next request); otherwise it is closed
@@ -7,6 +7,8 @@
                       longest for complete request headers (half-open or idle); so connections held open by a slow
                       or hostile client cannot keep a real client out. Only when every connection is busy with a
                       request is the new one refused (503)
+    body limit        enforced by ``gate.Gate`` after the token check: ``Content-Length`` over it is a 413 without
+                      reading the body; a streamed body is counted as it arrives and cut off with a 413
     descriptors       at start the soft RLIMIT_NOFILE is raised towards the hard limit, to the connection limit plus
                       FD_HEADROOM; when the hard limit is lower, the connection limit shrinks to fit
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -28,7 +31,7 @@ from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["Limits", "Connections", "protocol_class", "loop_factory", "raise_fd_limit", "FD_HEADROOM"]
+__all__ = ["Limits", "Connections", "protocol_class", "loop_factory", "raise_fd_limit", "parse_size", "FD_HEADROOM"]
 
 log = logging.getLogger("passthru.agent")
 # descriptors besides the connections: the agent's own (listener, store, sysfs reads in worker threads, netlink,
@@ -43,6 +46,7 @@ class Limits:
     max_connections: int = 1000
     header_timeout: float = 10.0
     idle_timeout: float = 5.0
+    max_body: int = 1 << 20
 
     def check(self) -> Limits:
         """Itself, or UsageError naming the flag that is out of range."""
@@ -51,7 +55,20 @@ class Limits:
         for flag, v in (("--header-timeout", self.header_timeout), ("--idle-timeout", self.idle_timeout)):
             if not 0 < v <= 3600:
                 raise UsageError(f"{flag} {v:g}: use a number of seconds above 0 and at most 3600")
+        if not 1 <= self.max_body <= 1 << 40:
+            raise UsageError(f"--max-body {self.max_body}: use 1 byte to 1T (e.g. 1M, 64K, 1048576)")
         return self
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
+
+
+def parse_size(text: str, flag: str = "--max-body") -> int:
+    """``1048576``, ``64K``, ``1M``, ``1MiB``, ``2G`` (powers of 1024) as bytes; UsageError otherwise."""
+    m = _SIZE.match(text)
+    if not m:
+        raise UsageError(f"{flag} {text!r}: give bytes, or a number with K, M or G (1M = 1048576 bytes)")
+    return int(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
 
 
 def raise_fd_limit(limits: Limits) -> Limits:
