@@ -7,7 +7,8 @@ are raw sockets on 127.0.0.1.
 - integral floats are integers, other numbers are not;
 - D2: 1,100 half-open connections do not keep `GET /health` out (also under a 1024 open-file limit), the
   header timeout closes a half-open connection, and the log stays small (identical errors are rate-limited);
-- D5: a body over --max-body is a 413 (declared: without reading it; streamed: cut off), bodies under it work.
+- D5: a body over --max-body is a 413 (declared: without reading it; streamed: cut off), bodies under it work;
+- D9: addresses other machines reach need --allow-remote, and TLS works.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import resource
 import select
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -429,3 +431,74 @@ def test_max_body_is_a_flag(root, tmp_path):
         doc = b'{"release_gone": false}' + b" " * 2000
         st, _, body = request(a.port, post_head(a.token, "/reconcile", len(doc)) + doc)
         assert st == 413 and "1 KiB" in json.loads(body)["message"]
+
+
+# -- D9: who may connect --------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("where", ["0.0.0.0:{p}", "[::]:{p}", "0:{p}"])
+def test_every_interface_needs_allow_remote(root, where):
+    port = free_port()
+    p = subprocess.run([sys.executable, "-m", "passthru", "--root", str(root), "serve", "--listen",
+                        where.format(p=port), "--no-hotplug"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "every interface" in p.stderr and "--allow-remote" in p.stderr and "127.0.0.1" in p.stderr, p.stderr
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_tls_flags_are_checked(root, tmp_path):
+    def serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "passthru", "--root", str(root), "serve", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    for args, words in ((["--listen", "127.0.0.1:0", "--tls-cert", "c.pem"], "go together"),
+                        (["--tls-cert", str(tmp_path / "junk.pem"), "--tls-key", str(tmp_path / "junk.pem")],
+                         "TCP"),
+                        (["--listen", "127.0.0.1:0", "--tls-cert", str(tmp_path / "nope.pem"), "--tls-key",
+                          str(tmp_path / "junk.pem")], "no such file"),
+                        (["--listen", "127.0.0.1:0", "--tls-cert", str(tmp_path / "junk.pem"), "--tls-key",
+                          str(tmp_path / "junk.pem")], "cannot use them")):
+        p = serve(*args)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and words in p.stderr, (args, p.stderr)
+
+
+@pytest.fixture
+def certificate(tmp_path) -> tuple[str, str]:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed (apt install openssl)")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_remote_listening_with_tls(root, certificate):
+    cert, key = certificate
+    with agent_process(root, "--allow-remote", "--tls-cert", cert, "--tls-key", key, "--header-timeout", "1",
+                       listen="0.0.0.0:0") as a:
+        assert any(re.search(r"listening on 0\.0\.0\.0:\d+ with TLS \(bearer token required\)", ln)
+                   for ln in a.lines), a.lines
+        assert not any("plain text" in ln for ln in a.lines)
+        ctx = ssl.create_default_context(cafile=cert)
+        with httpx2.Client(base_url=f"https://127.0.0.1:{a.port}", verify=ctx, timeout=30) as c:
+            r = c.get("/devices", headers={"Authorization": f"Bearer {a.token}"})
+            assert r.status_code == 200 and r.json()["schema"] == 1
+            assert c.get("/devices").status_code == 401
+        with pytest.raises(httpx2.HTTPError):  # plain HTTP is not served there
+            httpx2.get(f"http://127.0.0.1:{a.port}/health", timeout=5)
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10) as s:  # no handshake: closed in time
+            t = time.perf_counter()
+            assert closed_by_peer(s, 5) and 0.8 < time.perf_counter() - t < 3
+
+
+def test_remote_listening_without_tls_warns(root):
+    with agent_process(root, "--allow-remote", listen="0.0.0.0:0") as a:
+        assert any("WARNING" in ln and "plain text" in ln and "--tls-cert" in ln for ln in a.lines), a.lines
+        assert get(a.port, "/health")[0] == 200
