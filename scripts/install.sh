@@ -14,6 +14,7 @@ SUDO=""
 pkgs=(python3 python3-venv python3-pip hwdata pciutils usbutils kmod)
 if [ "$want_test" = 1 ]; then
     pkgs+=(qemu-system-x86 busybox-static e2fsprogs util-linux systemd libvirt-clients libxml2-utils gcc make xz-utils)
+    pkgs+=(openssl)  # the agent's TLS test makes a self-signed certificate
 fi
 missing=()
 for p in "${pkgs[@]}"; do

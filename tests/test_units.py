@@ -61,7 +61,7 @@ def test_agent_unit_is_valid_and_hardened(tmp_path):
     for line in ("ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "NoNewPrivileges=yes",
                  "RuntimeDirectory=passthru", "RuntimeDirectoryMode=0700", "UMask=0077",
                  "ReadWritePaths=-/var/lib/passthru -/etc/passthru -/run/passthru /sys",
-                 "StateDirectory=passthru", "ConfigurationDirectory=passthru"):
+                 "StateDirectory=passthru", "ConfigurationDirectory=passthru", "LimitNOFILE=8192"):
         assert line + "\n" in text, line
     caps = " ".join(ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith("CapabilityBoundingSet="))
     assert {"CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_DAC_OVERRIDE"} <= set(caps.split())

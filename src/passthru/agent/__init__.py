@@ -1,11 +1,15 @@
 """``passthru serve``: the agent, a FastAPI app on uvicorn over the same service layer as the CLI.
 
-    api.py      create_app(): endpoints, request validation, errors as JSON, bearer-token gate
+    api.py      create_app(): endpoints, request validation, errors as JSON
+    gate.py     the ASGI gate: bearer token, request body limit, request counters, internal errors as a generic 500
     core.py     Agent: the inventory snapshot kept in memory, writes, reconcile, VM liveness
     events.py   hot-plug events (pyudev, kernel uevents) debounced into inventory refreshes
     vms.py      which VMs run: QEMU processes by -name / -uuid
     metrics.py  GET /metrics (Prometheus text format)
-    server.py   where it listens (unix socket 0600 by default; TCP with a token), uvicorn
+    server.py   where it listens (unix socket 0600 by default; TCP with a token, remote only when allowed; TLS),
+                uvicorn
+    limits.py   connection limit, header and idle timeouts, open-file limit (uvicorn's h11 protocol, subclassed)
+    logfilter.py  rate-limited warnings and errors
 """
 
 from __future__ import annotations

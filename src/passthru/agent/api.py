@@ -8,7 +8,6 @@ inventory snapshot is refreshed after every write.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import stat
@@ -19,13 +18,15 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..commands import Session
 from ..errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
 from .core import Agent
+from .gate import Gate, PayloadTooLarge, internal_doc, too_large_doc
 
 __all__ = ["create_app", "API_VERSION"]
 
@@ -43,6 +44,23 @@ SocketPath = Annotated[str, StringConstraints(min_length=2, max_length=107, patt
 Name = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 HexId = Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{1,4}$")]
 PortId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+def _integral(v: Any) -> Any:
+    """JSON has one number type: 3739.0 is the integer 3739. A fraction is refused; strings and booleans are left
+    to the strict integer check, which refuses them."""
+    if isinstance(v, float):
+        if v.is_integer():
+            return int(v)
+        raise PydanticCustomError("int_from_float", "Input should be a valid integer, got a number with a "
+                                                    "fractional part")
+    return v
+
+
+# every integer field of a body is one of these two; ``Integer | None`` would validate the same but lose its bounds
+# in the JSON schema (pydantic cannot move Field(ge=, le=) past a validator inside a union)
+Integer = Annotated[int, BeforeValidator(_integral)]
+OptionalInteger = Annotated[int | None, BeforeValidator(_integral)]
 
 
 class Body(BaseModel):
@@ -67,7 +85,7 @@ class AssignBody(Body):
     vm: VmName
     devices: list[Spec] = Field(min_length=1, max_length=64, description="0000:86:00.0 | gpu | MODEL | "
                                 "usb:VVVV:PPPP[:SERIAL] | usb:BUS-PORT | serial:/dev/ttyS1 | mdev:UUID")
-    numa: int | None = Field(None, ge=0, le=4095, description="Pick devices on this NUMA node.")
+    numa: OptionalInteger = Field(None, ge=0, le=4095, description="Pick devices on this NUMA node.")
     numa_policy: Literal["strict", "prefer"] = "strict"
     vm_uuid: Uuid | None = None
     bind: bool = Field(True, description="Move PCI devices to vfio-pci (false: record only).")
@@ -117,7 +135,7 @@ class Versioned(Doc):
 
 class ErrorDoc(Doc):
     code: str = Field(description="bad_request | invalid_request | not_found | conflict | refused | unauthorized | "
-                                  "method_not_allowed | host_error | internal")
+                                  "method_not_allowed | payload_too_large | host_error | internal")
     message: str
 
 
@@ -282,8 +300,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
                                            "needs it (refused, with refusals), or a state cannot change."},
     422: {"model": ValidationErrorDoc, "description": "The request does not match the schema; errors name the "
                                                       "fields."},
+    413: {"model": ErrorDoc, "description": "The request body is larger than the agent's --max-body "
+                                            "(payload_too_large)."},
     500: {"model": ErrorDoc, "description": "The host failed an operation (host_error; rolled back) or a bug "
-                                            "(internal)."},
+                                            "(internal: a generic message with an id; the agent's log has the "
+                                            "details)."},
 }
 
 
@@ -335,49 +356,6 @@ def invalid(field: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
 
 
-# -- authentication and counters ----------------------------------------------------------------------------------
-class Gate:
-    """Pure ASGI middleware: bearer token check (when the app has a token) and request counters."""
-
-    OPEN = frozenset({"/health"})
-
-    def __init__(self, app: Any, agent: Agent, token: str | None) -> None:
-        self.app = app
-        self.agent = agent
-        self.expected = f"Bearer {token}".encode() if token else None
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        counters = self.agent.counters
-        method = scope["method"]
-        if self.expected is not None and scope["path"] not in self.OPEN:
-            got = b""
-            for k, v in scope["headers"]:
-                if k == b"authorization":
-                    got = v
-                    break
-            if not hmac.compare_digest(got, self.expected):
-                counters.add(counters.errors, ("api", "unauthorized"))
-                counters.add(counters.requests, (method, 401))
-                body = (b'{"code":"unauthorized","message":"this listener needs the bearer token: '
-                        b'Authorization: Bearer <contents of the token file (/etc/passthru/token)>"}')
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode()),
-                                        (b"www-authenticate", b'Bearer realm="passthru"')]})
-                await send({"type": "http.response.body", "body": body})
-                return
-
-        async def counted(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                counters.add(counters.requests, (method, message["status"]))
-            await send(message)
-
-        await self.app(scope, receive, counted)
-
-
 # -- the app ------------------------------------------------------------------------------------------------------
 def _source(udev: Any, agent_host_live: bool) -> Any:
     if udev is True:
@@ -392,11 +370,11 @@ def _source(udev: Any, agent_host_live: bool) -> Any:
 def create_app(root: str | None = None, config_dir: str | None = None, state_dir: str | None = None, *,
                session_factory: Callable[[], Session] | None = None, kernel: Any = None, token: str | None = None,
                reconcile_on_start: bool = True, release_gone: bool = False, udev: Any = True,
-               debounce: float = 0.2) -> FastAPI:
+               debounce: float = 0.2, max_body: int = 1 << 20) -> FastAPI:
     """The agent as an ASGI app. ``kernel``: the takeover's kernel boundary (tests: a fake one on a fixture root;
     None: the real one). ``token``: required as ``Authorization: Bearer`` on every endpoint but /health (TCP).
     ``udev``: True for the kernel's hot-plug events on the live host, False for none, or an event source
-    (``events.QueueSource``)."""
+    (``events.QueueSource``). ``max_body``: the largest request body in bytes (413 above it)."""
     factory = session_factory or (lambda: Session(root, config_dir, state_dir))
     probe = factory()
     agent = Agent(factory, kernel=kernel, release_gone=release_gone,
@@ -415,7 +393,7 @@ def create_app(root: str | None = None, config_dir: str | None = None, state_dir
                   description="VM device passthrough for this KVM host: inventory, IOMMU groups, doctor, vfio-pci "
                               "takeover, assignments, hot plug. docs/agent.md describes it.")
     app.state.agent = agent
-    app.add_middleware(Gate, agent=agent, token=token)
+    app.add_middleware(Gate, agent=agent, token=token, max_body=max_body)
     _handlers(app, agent)
     _routes(app, agent)
     return app
@@ -429,7 +407,9 @@ def _handlers(app: FastAPI, agent: Agent) -> None:
     async def passthru_error(_r: Request, e: PassthruError) -> JSONResponse:
         status, doc = error_doc(e)
         count(doc["code"])
-        if status >= 500:
+        if doc["code"] == "internal":
+            doc = internal_doc(e)
+        elif status >= 500:
             log.error("%s", e)
         return JSONResponse(doc, status_code=status)
 
@@ -442,6 +422,9 @@ def _handlers(app: FastAPI, agent: Agent) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(r: Request, e: StarletteHTTPException) -> JSONResponse:
+        if isinstance(e, PayloadTooLarge):  # a streamed body past --max-body, met while reading it
+            count("payload_too_large")
+            return JSONResponse(too_large_doc(e.limit), status_code=413, headers=e.headers)
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "bad_request")
         count(code)
         msg = {404: "no such endpoint (GET /openapi.json lists them)"}.get(e.status_code, str(e.detail))
@@ -456,10 +439,9 @@ def _handlers(app: FastAPI, agent: Agent) -> None:
         return JSONResponse({"code": code, "message": msg}, status_code=e.status_code, headers=headers)
 
     @app.exception_handler(Exception)
-    async def internal_error(_r: Request, e: Exception) -> JSONResponse:
+    async def internal_error(_r: Request, e: Exception) -> JSONResponse:  # Gate answers first; this is a backstop
         count("internal")
-        log.exception("internal error")
-        return JSONResponse({"code": "internal", "message": f"{type(e).__name__}: {e}"}, status_code=500)
+        return JSONResponse(internal_doc(e), status_code=500)
 
 
 def _json(doc: Any, status: int = 200) -> JSONResponse:
@@ -566,12 +548,12 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
         return Response(render_metrics(agent), media_type=CONTENT_TYPE)
 
     # -- writes ---------------------------------------------------------------------------------------------------
-    @app.post("/reconcile", response_model=ReconcileDoc, responses=_errors(400, 401, 422), tags=["agent"],
+    @app.post("/reconcile", response_model=ReconcileDoc, responses=_errors(400, 401, 413, 422), tags=["agent"],
               summary="Re-apply persisted bindings and vGPUs, mark lost devices, check VMs")
     def reconcile(body: ReconcileBody | None = None) -> JSONResponse:
         return _json(agent.reconcile(release_gone=body.release_gone if body else None))
 
-    @app.post("/bind", response_model=OutcomeDoc, responses=_errors(400, 401, 404, 409, 422, 500),
+    @app.post("/bind", response_model=OutcomeDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["takeover"], summary="Take devices over for vfio-pci (as `passthru bind`)")
     def bind(body: BindBody) -> JSONResponse:
         allow = frozenset(f for f, on in (("--force-netdev", body.force_netdev),
@@ -581,7 +563,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
                                               kernel=agent.kernel), refresh=None if body.dry_run else "bind")
         return _json(out.to_json())
 
-    @app.post("/restore", response_model=OutcomeDoc, responses=_errors(400, 401, 404, 422, 500), tags=["takeover"],
+    @app.post("/restore", response_model=OutcomeDoc, responses=_errors(400, 401, 404, 413, 422, 500), tags=["takeover"],
               summary="Give devices back to their prior drivers (as `passthru restore`)")
     def restore(body: RestoreBody) -> JSONResponse:
         if bool(body.addresses) == body.all:
@@ -590,7 +572,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
                                                  kernel=agent.kernel), refresh="restore")
         return _json(out.to_json())
 
-    @app.post("/models", response_model=ModelChangeDoc, responses=_errors(400, 401, 422), tags=["models"],
+    @app.post("/models", response_model=ModelChangeDoc, responses=_errors(400, 401, 413, 422), tags=["models"],
               summary="Add a custom device model (as `passthru model add`)")
     def model_add(body: ModelBody) -> JSONResponse:
         st = agent.write(lambda s: config.add_model(s.paths.models_file, body.name, body.vendor, body.device,
@@ -603,7 +585,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
         agent.write(lambda s: config.remove_model(s.paths.models_file, name), refresh="model remove")
         return _json({"schema": 1, "name": name, "status": "removed"})
 
-    @app.post("/assign", response_model=AssignDoc, responses=_errors(400, 401, 404, 409, 422, 500),
+    @app.post("/assign", response_model=AssignDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["assignments"], summary="Give devices to a VM: atomic claims, PCI groups to vfio-pci")
     def assign(body: AssignBody) -> JSONResponse:
         res = agent.write(lambda s: service.assign(s, body.vm, body.devices, numa=body.numa,
@@ -611,7 +593,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
                                                    bind=body.bind, kernel=agent.kernel), refresh="assign")
         return _json(res.to_json())
 
-    @app.post("/release", response_model=ReleaseDoc, responses=_errors(400, 401, 404, 422, 500),
+    @app.post("/release", response_model=ReleaseDoc, responses=_errors(400, 401, 404, 413, 422, 500),
               tags=["assignments"], summary="Take devices away from a VM (all, or those named)")
     def release(body: ReleaseBody) -> JSONResponse:
         out = agent.write(lambda s: service.release(s, body.vm, body.devices, restore=body.restore,
@@ -640,7 +622,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
                 except PassthruError:
                     pass
 
-    @app.post("/attach", response_model=AttachDoc, responses=_errors(400, 401, 404, 409, 422, 500),
+    @app.post("/attach", response_model=AttachDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["vms"], summary="Hot-plug devices into a running VM over QMP (assigning them first if needed)")
     def attach(body: AttachBody) -> JSONResponse:
         _check_socket(body.qmp)
@@ -656,7 +638,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
         res = agent.write(run, refresh="attach")
         return _json({"schema": 1, "vm": body.vm, "attached": res})
 
-    @app.post("/detach", response_model=DetachDoc, responses=_errors(400, 401, 404, 409, 422, 500),
+    @app.post("/detach", response_model=DetachDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["vms"], summary="Hot-unplug devices from a running VM, then release (or keep) them")
     def detach(body: DetachBody) -> JSONResponse:
         _check_socket(body.qmp)

@@ -35,6 +35,7 @@ from .vms import vm_processes
 __all__ = ["Agent", "Snapshot", "iso_now"]
 
 log = logging.getLogger("passthru.agent")
+ACTIONS = frozenset({"add", "remove", "change", "move", "online", "offline", "bind", "unbind"})  # kernel uevents
 
 
 def iso_now(ts: float | None = None) -> str:
@@ -146,6 +147,7 @@ class Agent:
         self.changes: deque[dict] = deque(maxlen=200)
         self.last_reconcile: dict | None = None
         self.started = time.time()
+        self.connections: Any = None  # the server's limits.Connections, when served (for /metrics)
         self._namer = first.namer()
         self._refresh_lock = threading.Lock()
         self._start_lock = threading.RLock()
@@ -272,8 +274,8 @@ class Agent:
         return snap, got
 
     def _on_events(self, events: list[HotplugEvent]) -> None:
-        for ev in events:
-            self.counters.add(self.counters.events, (ev.subsystem, ev.action))
+        for ev in events:  # labels of /metrics: the kernel's own actions, anything else folded into "other"
+            self.counters.add(self.counters.events, (ev.subsystem, ev.action if ev.action in ACTIONS else "other"))
         first = events[0]
         self.refresh(f"hot-plug: {len(events)} event(s), first {first.action} {first.subsystem} {first.name}")
 

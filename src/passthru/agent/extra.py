@@ -10,7 +10,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
 
-from .api import Body, Doc, Versioned
+from .api import Body, Doc, Integer, OptionalInteger, Versioned
 from .core import Agent
 
 __all__ = ["add_routes"]
@@ -38,7 +38,7 @@ class VgpuCreateBody(Body):
 
 class VfCountBody(Body):
     pf: PfName = Field(description="PCI address, interface or devlink handle of the PF.")
-    count: int | None = Field(None, ge=0, le=4096, description="VFs wanted (0 removes them); or restore.")
+    count: OptionalInteger = Field(None, ge=0, le=4096, description="VFs wanted (0 removes them); or restore.")
     autoprobe: bool | None = Field(None, description="sriov_drivers_autoprobe: false keeps host drivers off new VFs.")
     restore: bool = Field(False, description="Back to the count and autoprobe passthru found.")
     force: bool = Field(False, description="Destroy VFs even though they are in use.")
@@ -47,21 +47,21 @@ class VfCountBody(Body):
 
 class VfSetBody(Body):
     pf: PfName
-    vf: int = Field(ge=0, le=4095, description="VF index.")
+    vf: Integer = Field(ge=0, le=4095, description="VF index.")
     mac: Mac | None = None
-    vlan: int | None = Field(None, ge=0, le=4095)
-    qos: int | None = Field(None, ge=0, le=7)
+    vlan: OptionalInteger = Field(None, ge=0, le=4095)
+    qos: OptionalInteger = Field(None, ge=0, le=7)
     spoofchk: bool | None = None
     trust: bool | None = None
-    min_tx_rate: int | None = Field(None, ge=0, le=0xFFFFFFFE, description="Mbit/s")
-    max_tx_rate: int | None = Field(None, ge=0, le=0xFFFFFFFE, description="Mbit/s (0: none)")
+    min_tx_rate: OptionalInteger = Field(None, ge=0, le=0xFFFFFFFE, description="Mbit/s")
+    max_tx_rate: OptionalInteger = Field(None, ge=0, le=0xFFFFFFFE, description="Mbit/s (0: none)")
     link_state: Literal["auto", "enable", "disable"] | None = None
     dry_run: bool = False
 
 
 class VfResetBody(Body):
     pf: PfName
-    vf: int = Field(ge=0, le=4095)
+    vf: Integer = Field(ge=0, le=4095)
     dry_run: bool = False
 
 
@@ -129,7 +129,7 @@ def _vgpu(app: FastAPI, agent: Agent, errors: Callable[..., dict]) -> None:
     def vgpu_list() -> JSONResponse:
         return JSONResponse({"schema": 1, "vgpus": mdev.list_vgpus(agent.host, agent.paths)})
 
-    @app.post("/vgpu/instances", response_model=VgpuOutcomeDoc, responses=errors(400, 401, 404, 409, 422, 500),
+    @app.post("/vgpu/instances", response_model=VgpuOutcomeDoc, responses=errors(400, 401, 404, 409, 413, 422, 500),
               tags=["vgpu"], summary="Create a vGPU (as `passthru vgpu create`)")
     def vgpu_create(body: VgpuCreateBody) -> JSONResponse:
         k = _kernel(agent, mdev.MdevKernel)
@@ -162,7 +162,7 @@ def _vf(app: FastAPI, agent: Agent, errors: Callable[..., dict], invalid: Callab
                 ) -> JSONResponse:
         return JSONResponse(nic_vf.list_vfs(agent.host, agent.paths, pf))
 
-    @app.post("/vf/count", response_model=VfCountDoc, responses=errors(400, 401, 404, 422, 500), tags=["vf"],
+    @app.post("/vf/count", response_model=VfCountDoc, responses=errors(400, 401, 404, 413, 422, 500), tags=["vf"],
               summary="Set a PF's number of VFs, through 0 (as `passthru vf count`)")
     def vf_count(body: VfCountBody) -> JSONResponse:
         if (body.count is None) == (not body.restore):
@@ -174,7 +174,7 @@ def _vf(app: FastAPI, agent: Agent, errors: Callable[..., dict], invalid: Callab
                           refresh=None if body.dry_run else "vf count")
         return JSONResponse(out.to_json())
 
-    @app.post("/vf/set", response_model=VfResultDoc, responses=errors(400, 401, 404, 422, 500), tags=["vf"],
+    @app.post("/vf/set", response_model=VfResultDoc, responses=errors(400, 401, 404, 413, 422, 500), tags=["vf"],
               summary="Set a VF's MAC, VLAN, QoS, spoof check, trust, rates or link state (as `passthru vf set`)")
     def vf_set(body: VfSetBody) -> JSONResponse:
         options = body.model_dump(exclude={"pf", "vf", "dry_run"})
@@ -184,7 +184,7 @@ def _vf(app: FastAPI, agent: Agent, errors: Callable[..., dict], invalid: Callab
         out = agent.write(lambda s: nic_vf.set_vf(s.host, s.paths, body.pf, body.vf, options, dry_run=body.dry_run))
         return JSONResponse(out.to_json())
 
-    @app.post("/vf/reset", response_model=VfResultDoc, responses=errors(400, 401, 404, 422, 500), tags=["vf"],
+    @app.post("/vf/reset", response_model=VfResultDoc, responses=errors(400, 401, 404, 413, 422, 500), tags=["vf"],
               summary="Put back the VF settings passthru recorded (as `passthru vf reset`)")
     def vf_reset(body: VfResetBody) -> JSONResponse:
         out = agent.write(lambda s: nic_vf.reset_vf(s.host, s.paths, body.pf, body.vf, dry_run=body.dry_run))

@@ -6,7 +6,9 @@
     passthru_assignments{state}                       active assignments: reserved | attached
     passthru_vms{status}                              VMs holding devices: running | not_running | gone
     passthru_errors_total{source,code}                API errors by code, reconcile and sync errors
-    passthru_http_requests_total{method,status}
+    passthru_http_requests_total{method,status}      method: GET HEAD POST PUT DELETE PATCH OPTIONS or other
+    passthru_connections{state}                       open connections: open | waiting (for request headers)
+    passthru_connections_closed_total{reason}         closed by the agent: header_timeout | evicted | refused
     passthru_hotplug_events_total{subsystem,action}
     passthru_inventory_generation                     bumps at every refresh
     passthru_inventory_refresh_timestamp_seconds, passthru_inventory_refresh_duration_seconds,
@@ -14,6 +16,10 @@
     passthru_last_reconcile_timestamp_seconds, passthru_last_reconcile_duration_seconds,
     passthru_last_reconcile_success                   1 when the last reconcile had no errors
     passthru_agent_start_time_seconds
+
+No label value comes from a request: methods and statuses are folded into fixed sets (gate.py), error codes are the
+API's own, sync errors are exception class names, hot-plug actions the kernel's (others: "other"), kinds and states
+the inventory's. So the number of series does not grow with the number of requests.
 """
 
 from __future__ import annotations
@@ -92,8 +98,16 @@ def render_metrics(agent: Agent) -> str:
         refreshes, refresh_s = c.refreshes, c.refresh_seconds
     o.family("passthru_errors_total", "counter", "Errors: API responses by error code, reconcile and sync errors.",
              [({"source": s, "code": k}, n) for (s, k), n in errors])
-    o.family("passthru_http_requests_total", "counter", "HTTP requests by method and status.",
+    o.family("passthru_http_requests_total", "counter", "HTTP requests by method (other: not a standard method) "
+             "and status.",
              [({"method": m, "status": s}, n) for (m, s), n in requests])
+    conns = agent.connections
+    if conns is not None:
+        o.family("passthru_connections", "gauge", "Open connections, and of those the ones waiting for request "
+                 "headers.", [({"state": "open"}, len(conns.open)), ({"state": "waiting"}, len(conns.waiting))])
+        o.family("passthru_connections_closed_total", "counter", "Connections the agent closed: no complete "
+                 "request headers in time, evicted at the connection limit, refused (all busy).",
+                 [({"reason": r}, n) for r, n in sorted(dict(conns.closed).items())])
     o.family("passthru_hotplug_events_total", "counter", "Kernel hot-plug events seen, by subsystem and action.",
              [({"subsystem": s, "action": a}, n) for (s, a), n in events])
     o.family("passthru_inventory_generation", "gauge", "Inventory snapshot generation (bumps at every refresh).",

@@ -2,7 +2,11 @@
 
     unix:/run/passthru/agent.sock   (default) a unix socket, mode 0600: only its owner (root) connects
     127.0.0.1:8080 | [::1]:8080     TCP; every request but GET /health needs ``Authorization: Bearer <token>``
-    8080 | :8080                    TCP on 127.0.0.1 (another address only when named: 0.0.0.0:8080)
+    8080 | :8080                    TCP on 127.0.0.1
+    0.0.0.0:8080 | [::]:8080 | ...  any address that is not loopback (``0``, ``0.0.0.0`` and ``::`` are every
+                                    interface) only with ``allow_remote`` (``--allow-remote``), and then with TLS
+                                    (``--tls-cert``/``--tls-key``) or a warning that the token crosses the network
+                                    in plain text. The address is resolved (getaddrinfo) and judged as bound.
 
 The token is the content of ``<config_dir>/token`` (``/etc/passthru/token``), generated on first start (32 random
 bytes, URL-safe base64, mode 0600) and refused when others can read it.
@@ -14,6 +18,7 @@ chmod 0600, listening, and only then renamed into place, so it never exists with
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -25,12 +30,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import HostError, UsageError
+from .limits import Limits
 
-__all__ = ["Listen", "parse_listen", "load_token", "open_socket", "AgentServer", "DEFAULT_SOCKET"]
+__all__ = ["Listen", "parse_listen", "load_token", "open_socket", "AgentServer", "DEFAULT_SOCKET", "resolve_tcp",
+           "remote_reach", "check_remote", "check_tls"]
 
 log = logging.getLogger("passthru.agent")
 DEFAULT_SOCKET = "/run/passthru/agent.sock"
-BACKLOG = 512
+BACKLOG = 1024  # the listen queue (the kernel caps it at net.core.somaxconn)
+# asyncio accepts up to uvicorn's "backlog" sockets per wakeup before any of them reaches the connection limit's
+# protocol; with FD_HEADROOM (limits.py) well above twice this batch, a burst of connections never runs the agent out
+# of file descriptors. (asyncio also listen()s with it: limits.loop_factory restores BACKLOG.)
+ACCEPT_BATCH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +151,59 @@ def _bind_unix(path: str) -> socket.socket:
     return sock
 
 
-def _bind_tcp(host: str, port: int) -> socket.socket:
+def resolve_tcp(host: str, port: int) -> tuple[int, tuple]:
+    """The address family and socket address ``host:port`` binds to (the first getaddrinfo answer)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise UsageError(f"--listen {host}:{port}: {e.strerror}") from None
     family, _, _, _, addr = infos[0]
+    return family, addr
+
+
+def remote_reach(addr: tuple) -> str | None:
+    """Who else reaches a socket bound to ``addr``: None (loopback: this machine only), "every interface", or
+    the address."""
+    ip = ipaddress.ip_address(str(addr[0]).split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None
+    return "every interface" if ip.is_unspecified else str(ip)
+
+
+def check_remote(listen: Listen, addr: tuple, allow_remote: bool) -> str | None:
+    """UsageError for a TCP address other machines reach, unless ``allow_remote``; returns who reaches it."""
+    reach = remote_reach(addr)
+    if reach is not None and not allow_remote:
+        where = "listens on every interface" if reach == "every interface" else f"is not a loopback address ({reach})"
+        raise UsageError(f"--listen {listen} {where}: other machines could connect, and the bearer token would cross "
+                         f"the network; use the unix socket (the default), a loopback address (--listen "
+                         f"127.0.0.1:{listen.port}), or add --allow-remote with --tls-cert FILE --tls-key FILE")
+    return reach
+
+
+def check_tls(cert: str, key: str) -> None:
+    """UsageError unless ``cert`` and ``key`` load as a PEM certificate (chain) and its unencrypted private key."""
+    import ssl
+
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not os.path.isfile(path):
+            raise UsageError(f"{flag} {path}: no such file; give a PEM file")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key, password=lambda: b"")  # never a passphrase prompt
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise UsageError(f"--tls-cert {cert} --tls-key {key}: cannot use them ({why}); give a PEM certificate and "
+                         "its private key (not encrypted), e.g. from `openssl req -x509 -newkey ec -pkeyopt "
+                         "ec_paramgen_curve:P-256 -nodes -keyout key.pem -out cert.pem -subj /CN=HOST`") from None
+
+
+def _bind_tcp(listen: Listen, allow_remote: bool) -> socket.socket:
+    assert listen.host is not None and listen.port is not None
+    family, addr = resolve_tcp(listen.host, listen.port)
+    check_remote(listen, addr, allow_remote)
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when it sees the protocol, and
     # without it a keep-alive client waits out delayed ACKs (~40 ms) on every small response
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -157,36 +215,43 @@ def _bind_tcp(host: str, port: int) -> socket.socket:
         sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
-        raise HostError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+        raise HostError(f"cannot listen on {listen} ({e.strerror})") from None
     return sock
 
 
-def open_socket(listen: Listen) -> tuple[socket.socket, Listen]:
-    """A listening socket, and where it really listens (port 0 becomes the port the kernel chose)."""
+def open_socket(listen: Listen, *, allow_remote: bool = False) -> tuple[socket.socket, Listen]:
+    """A listening socket, and where it really listens (port 0 becomes the port the kernel chose). A TCP address
+    other machines reach is refused (UsageError) unless ``allow_remote``."""
     if listen.kind == "unix":
         assert listen.path is not None
         return _bind_unix(listen.path), listen
-    assert listen.host is not None and listen.port is not None
-    sock = _bind_tcp(listen.host, listen.port)
+    sock = _bind_tcp(listen, allow_remote)
     return sock, Listen("tcp", host=listen.host, port=sock.getsockname()[1])
 
 
 class AgentServer:
     """uvicorn serving ``app`` on one socket this class creates. ``run()`` blocks (the CLI); ``start()`` runs it
-    in a thread until ``stop()`` (tests, benchmarks)."""
+    in a thread until ``stop()`` (tests, benchmarks). ``limits``: connections and timeouts (limits.py);
+    ``tls``: (certificate file, key file) to serve HTTPS; ``allow_remote``: listen on addresses other machines
+    reach."""
 
-    def __init__(self, app: Any, listen: Listen, *, log_level: str = "warning") -> None:
+    def __init__(self, app: Any, listen: Listen, *, log_level: str = "warning", limits: Limits = Limits(),
+                 tls: tuple[str, str] | None = None, allow_remote: bool = False) -> None:
         self.app = app
         self.requested = listen
         self.listen = listen
         self.log_level = log_level
+        self.limits = limits
+        self.tls = tls
+        self.allow_remote = allow_remote
+        self.connections: Any = None
         self.sock: socket.socket | None = None
         self.server: Any = None
         self._thread: threading.Thread | None = None
         self._inode: tuple[int, int] | None = None
 
     def open(self) -> Listen:
-        self.sock, self.listen = open_socket(self.requested)
+        self.sock, self.listen = open_socket(self.requested, allow_remote=self.allow_remote)
         if self.listen.kind == "unix":
             st = os.stat(self.listen.path)  # type: ignore[arg-type]
             self._inode = (st.st_dev, st.st_ino)
@@ -195,9 +260,24 @@ class AgentServer:
     def _server(self) -> Any:
         import uvicorn
 
-        config = uvicorn.Config(self.app, log_config=None, log_level=self.log_level, access_log=False,
-                                lifespan="on", server_header=False, date_header=False, proxy_headers=False,
-                                timeout_graceful_shutdown=10)
+        from .limits import Connections, loop_factory, protocol_class
+
+        self.connections = Connections(self.limits)
+        agent = getattr(getattr(self.app, "state", None), "agent", None)
+        if agent is not None:
+            agent.connections = self.connections  # for /metrics
+        loop = loop_factory(self.limits.header_timeout, BACKLOG)
+
+        class Config(uvicorn.Config):
+            def get_loop_factory(self) -> Any:
+                return loop
+
+        cert, key = self.tls or (None, None)
+        config = Config(self.app, log_config=None, log_level=self.log_level, access_log=False,
+                        lifespan="on", server_header=False, date_header=False, proxy_headers=False,
+                        timeout_graceful_shutdown=10, http=protocol_class(self.connections), backlog=ACCEPT_BATCH,
+                        timeout_keep_alive=self.limits.idle_timeout,  # type: ignore[arg-type]
+                        ssl_certfile=cert, ssl_keyfile=key)
         self.server = uvicorn.Server(config)
         return self.server
 
