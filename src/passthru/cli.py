@@ -393,9 +393,23 @@ from . import cli_vf  # noqa: E402,F401  (registers vf: count, list, set, reset,
 from . import cli_vgpu  # noqa: E402,F401  (registers vgpu types, list, create, remove, start-persisted)
 
 
+_COMMAND = None
+
+
+def command():
+    """The click command behind ``app``, built once per process (building it costs more than most commands: a
+    process that runs several, like the agent's tests or the lab's crash driver, pays once)."""
+    global _COMMAND
+    if _COMMAND is None:
+        import typer.main
+
+        _COMMAND = typer.main.get_command(app)
+    return _COMMAND
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = command()(args=argv, standalone_mode=False)
     except PassthruError as e:
         print(f"passthru: {e}", file=sys.stderr)
         return e.exit_code

@@ -9,8 +9,6 @@ inventory snapshot is refreshed after every write.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Callable, Literal
 
@@ -25,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..commands import Session
 from ..errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
+from ..names import UUID_PATTERN, VM_NAME_MAX, VM_NAME_PATTERN
 from .core import Agent
 from .gate import Gate, PayloadTooLarge, internal_doc, too_large_doc
 
@@ -35,11 +34,10 @@ API_VERSION = 1
 
 # -- what the API accepts -----------------------------------------------------------------------------------------
 _NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
-VmName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+VmName = Annotated[str, StringConstraints(min_length=1, max_length=VM_NAME_MAX, pattern=VM_NAME_PATTERN)]
 Spec = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_NO_CONTROL)]
 Address = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[0-9A-Fa-f:.]+$")]
-Uuid = Annotated[str, StringConstraints(
-    pattern=r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")]
+Uuid = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 SocketPath = Annotated[str, StringConstraints(min_length=2, max_length=107, pattern=r"^/[^\x00-\x1f\x7f]*$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 HexId = Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{1,4}$")]
@@ -205,6 +203,8 @@ class OutcomeDoc(Versioned):
 class StatusDoc(Versioned):
     held: list[dict[str, Any]]
     persisted: list[dict[str, Any]]
+    operations: list[dict[str, Any]] = Field(description="Journaled binds/restores not finished (running, or "
+                                                         "interrupted: POST /reconcile settles them).")
 
 
 class VmDoc(Doc):
@@ -600,48 +600,18 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
                                                     kernel=agent.kernel), refresh="release")
         return _json({"schema": 1, "vm": body.vm, "released": [a.device for a in out]})
 
-    def _check_socket(path: str) -> None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise NotFoundError(f"QMP socket {path} does not exist; start QEMU with -qmp unix:{path},server=on,"
-                                "wait=off") from None
-        except OSError as e:
-            raise UsageError(f"QMP socket {path}: {e.strerror}") from None
-        if not stat.S_ISSOCK(st.st_mode):
-            raise UsageError(f"{path} is not a unix socket; name the VM's QMP socket")
-
-    def _undo_new(s: Session, vm: str, before: set[str]) -> None:
-        """Release what a failed attach assigned on its way and did not plug (the VM keeps what it held before;
-        a device already plugged stays recorded as attached: it is in the guest)."""
-        store = service.open_store(s)
-        for a in store.assignments(vm):
-            if a.device not in before and a.state == "reserved":
-                try:
-                    store.release(vm, a.device)
-                except PassthruError:
-                    pass
-
     @app.post("/attach", response_model=AttachDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["vms"], summary="Hot-plug devices into a running VM over QMP (assigning them first if needed)")
     def attach(body: AttachBody) -> JSONResponse:
-        _check_socket(body.qmp)
-
-        def run(s: Session) -> list:
-            before = {a.device for a in service.open_store(s).assignments(body.vm)}
-            try:
-                return service.attach(s, body.vm, body.devices, body.qmp, port=body.port)
-            except BaseException:
-                _undo_new(s, body.vm, before)
-                raise
-
-        res = agent.write(run, refresh="attach")
+        service.check_qmp_socket(body.qmp)  # before the write lock: bad input changes nothing
+        res = agent.write(lambda s: service.attach(s, body.vm, body.devices, body.qmp, port=body.port,
+                                                   kernel=agent.kernel), refresh="attach")
         return _json({"schema": 1, "vm": body.vm, "attached": res})
 
     @app.post("/detach", response_model=DetachDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["vms"], summary="Hot-unplug devices from a running VM, then release (or keep) them")
     def detach(body: DetachBody) -> JSONResponse:
-        _check_socket(body.qmp)
+        service.check_qmp_socket(body.qmp)
         res = agent.write(lambda s: service.detach(s, body.vm, body.devices, body.qmp, keep=body.keep),
                           refresh="detach")
         return _json({"schema": 1, "vm": body.vm, "detached": res})

@@ -10,10 +10,11 @@ Everything here calls the same service layer as the CLI (``commands``, ``invento
 - one **write lock**: writes (bind, assign, attach, model add...) run one at a time, as the CLI's do when run one
   after another. The store's transactions already make claims exclusive; the lock also keeps two takeovers from
   meeting at vfio's state lock (which refuses a second writer instead of waiting).
-- **reconcile**: re-apply persisted bindings (``vfio.apply_boot``: finishes interrupted takeovers, binds what
-  ``--persist`` recorded), recreate persisted vGPU instances when the vGPU module offers it, sync the inventory
-  (devices gone from the host become ``lost`` and stay listed, with the VM holding them), and check that every VM
-  holding devices still has a QEMU process.
+- **reconcile**: the same reconcile as ``passthru reconcile`` (``service/reconcile.py``: interrupted group
+  takeovers and assign/release operations settled, assigned devices checked against their drivers) plus what
+  ``--persist`` recorded (``vfio.apply_boot``), persisted vGPU instances re-created when the vGPU module offers it,
+  the inventory synced (devices gone from the host become ``lost`` and stay listed, with the VM holding them), and
+  every VM holding devices checked for a QEMU process.
 """
 
 from __future__ import annotations
@@ -321,19 +322,19 @@ class Agent:
 
     # -- reconcile ------------------------------------------------------------------------------------------------
     def reconcile(self, *, release_gone: bool | None = None, reason: str = "on demand") -> dict:
-        from .. import vfio
         from ..inventory.service import release
+        from ..service.reconcile import reconcile as settle
 
         release_gone = self.release_gone if release_gone is None else release_gone
         with self.write_lock:
             t0 = time.time()
             errors: list[str] = []
             report: dict[str, Any] = {"schema": 1, "reason": reason, "started": iso_now(t0)}
-            try:
-                out = vfio.apply_boot(self.host, self.paths, kernel=self.kernel)
-                report["bindings"] = out.to_json()
-                if out.error:
-                    errors.append(out.error)
+            try:  # the CLI's reconcile, plus what --persist recorded (what passthru-apply-boot.service does)
+                doc = settle(self.session(), kernel=self.kernel, apply_persisted=True)
+                report["bindings"] = doc
+                if doc["error"]:
+                    errors.append(doc["error"])
             except UsageError as e:  # a fixture or captured root: no kernel to re-apply anything to
                 report["bindings"] = {"skipped": str(e)}
             except PassthruError as e:

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
 
-from .api import Body, Doc, Integer, OptionalInteger, Versioned
+from .api import Body, Integer, OptionalInteger, Uuid, Versioned, VmName
 from .core import Agent
 
 __all__ = ["add_routes"]
@@ -20,9 +20,6 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_N
 VgpuId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9A-Fa-f:.-]+$")]
 PfName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/@-]+$")]
 Mac = Annotated[str, StringConstraints(pattern=r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")]
-VmName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-Uuid = Annotated[str, StringConstraints(
-    pattern=r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")]
 
 
 class VgpuCreateBody(Body):

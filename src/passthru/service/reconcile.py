@@ -24,7 +24,7 @@ from .. import vfio
 from ..commands import Session
 from ..errors import PassthruError
 from ..host.iommu import is_vfio_driver
-from ..inventory.service import _hook_path, _undo_kind, finish_release, open_store, sync, undo_assign
+from ..inventory.service import _hook_path, _undo_kind, finish_release, open_store, undo_assign
 from ..journal import journal_for
 from ..mdev import MdevStore, release_created
 from ..statefs import read_record
@@ -103,7 +103,7 @@ def _finished(store: Any, op_id: str) -> bool:
 def _assignments(s: Session, kernel: Any, report: dict, errors: list[str]) -> None:
     store = open_store(s)
     live_ops = {d["id"] for d in journal_for(s.paths.state_dir).live()}
-    inv = sync(s, store)
+    inv = s.inventory()  # the host as it is now (the store's own view is synced by assign and by the agent)
     rebind: dict[str, tuple[str, str]] = {}
     for a in store.assignments():
         if a.state == "pending":
