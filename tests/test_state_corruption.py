@@ -197,3 +197,294 @@ def test_a_symlinked_mdev_record_and_audit_log(planted, tmp_path):
     (state / "mdev" / "u1.json").unlink()
     store.save(Record("u1", "mdev", "mtty", "mtty-1", "created"))
     assert [r.id for r in store.records()] == ["u1"]
+
+
+# -- the inventory database: every command that opens it ------------------------------------------------------------
+PAGE = 4096
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, bytes]:
+    """A gpu_server root (only read) and a real inventory with data: devices synced, models, two VMs' devices."""
+    from passthru.inventory.health import backup_sqlite
+
+    base = tmp_path_factory.mktemp("world")
+    root = fx.gpu_server(base / "gs")
+    state, etc = base / "state", base / "etc"
+    for argv in (["model", "add", "intel-qat", "--vendor", "8086", "--device", "37c8"],
+                 ["assign", "vm1", "0000:86:00.0", "--no-bind"], ["assign", "vm2", "usb:1-1.3", "--no-bind"]):
+        assert cli_main(["--root", str(root), "--config-dir", str(etc), "--state-dir", str(state), *argv]) == 0
+    backup_sqlite(str(state / "passthru.db"), str(base / "inventory.db"))  # one file, WAL folded in
+    return Path(root), (base / "inventory.db").read_bytes()
+
+
+def _garbage(good: bytes) -> bytes:
+    return bytes((i * 7919 + 13) % 251 for i in range(len(good)))
+
+
+def _truncated(good: bytes) -> bytes:
+    return good[: len(good) // 2]
+
+
+def _bit_flipped(good: bytes) -> bytes:
+    """Every b-tree page after the first gets its page header and cell pointers flipped, as a bad sector or a bad
+    RAM bit would leave them (SQLite has no page checksums: damage to row bytes alone reads back as data)."""
+    data = bytearray(good)
+    for p in range(1, len(data) // PAGE):
+        for i in range(12):
+            data[p * PAGE + i] ^= 0xFF
+    return bytes(data)
+
+
+def _sqlite(good: bytes, tmp: Path, sql: str) -> bytes:
+    f = tmp / "work.db"
+    f.write_bytes(good)
+    c = sqlite3.connect(f)
+    c.executescript(sql)
+    c.close()
+    return f.read_bytes()
+
+
+CORRUPTIONS = {
+    "garbage": (lambda good, tmp: _garbage(good), "file is not a database"),
+    "truncated": (lambda good, tmp: _truncated(good), "database disk image is malformed"),
+    "bit-flipped": (lambda good, tmp: _bit_flipped(good), "malformed"),
+    "foreign": (lambda good, tmp: _sqlite(b"", tmp, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL);"),
+                "not passthru's: no schema version but tables invoices"),
+    "tables-dropped": (lambda good, tmp: _sqlite(good, tmp, "DROP TABLE assignments; DROP TABLE audit;"),
+                       "schema version 2 but tables missing: assignments, audit"),
+    "newer": (lambda good, tmp: _sqlite(good, tmp, "INSERT INTO schema_migrations VALUES (99, 'future', 'x');"),
+              "inventory schema version 99 is newer than this passthru knows"),
+}
+COMMANDS = [
+    ["assign", "vm3", "0000:87:00.0", "--no-bind"],
+    ["assign", "vm3", "gpu", "--numa", "1", "--no-bind"],
+    ["release", "vm1"],
+    ["release", "vm1", "0000:86:00.0", "--restore"],
+    ["assignments"],
+    ["assignments", "--all", "--json"],
+    ["qemu-args", "vm1"],
+    ["libvirt-xml", "vm1"],
+    ["attach", "vm1", "0000:86:00.0", "--qmp", "/nonexistent/vm1.qmp"],
+    ["detach", "vm1", "0000:86:00.0", "--qmp", "/nonexistent/vm1.qmp"],
+    ["vgpu", "remove", fx.T4_MDEV_UUID, "--dry-run"],
+]
+
+
+def _corrupt_state(world, tmp_path, name) -> tuple[list[str], Path]:
+    root, good = world
+    state = tmp_path / "state"
+    state.mkdir()
+    make, _ = CORRUPTIONS[name]
+    (state / "passthru.db").write_bytes(make(good, tmp_path))
+    return ["--root", str(root), "--config-dir", str(tmp_path / "etc"), "--state-dir", str(state)], state
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_every_inventory_command_on_a_damaged_database_is_one_line_exit_2(world, tmp_path, capsys, name):
+    glob, state = _corrupt_state(world, tmp_path, name)
+    db = str(state / "passthru.db")
+    before = (state / "passthru.db").read_bytes()
+    lines = set()
+    for argv in COMMANDS:
+        rc, out, err = run(capsys, *glob, *argv)
+        line = one_line_exit_2(rc, err, db, CORRUPTIONS[name][1])
+        lines.add(line)
+        assert out == "", argv
+    assert len(lines) == 1  # the same answer whichever command asks
+    if name != "newer":
+        assert "move it away with its -wal and -shm files and start an empty inventory (there is no backup)" in line
+        assert line.endswith("`passthru store check` prints the commands")
+    else:
+        assert line.endswith("upgrade passthru (a newer one made this database)")
+    after = (state / "passthru.db").read_bytes()  # nothing was written into it (the header: the WAL switch)
+    assert after[100:] == before[100:]
+    assert not (state / "passthru.db.bak").exists()  # and it was not "backed up" over a good backup
+
+
+@pytest.mark.parametrize("name", ["garbage", "tables-dropped"])
+def test_the_message_names_the_backup_when_there_is_one(world, tmp_path, capsys, name):
+    glob, state = _corrupt_state(world, tmp_path, name)
+    (state / "passthru.db.bak").write_bytes(world[1])
+    rc, _, err = run(capsys, *glob, "assignments")
+    assert one_line_exit_2(rc, err).endswith(
+        "move it away with its -wal and -shm files and restore the backup (passthru.db.bak) or start an empty "
+        "inventory; `passthru store check` prints the commands")
+
+
+def test_commands_without_the_inventory_keep_working_on_a_damaged_one(world, tmp_path, capsys):
+    glob, _ = _corrupt_state(world, tmp_path, "garbage")
+    for argv in (["devices", "--json"], ["groups"], ["model", "add", "fpga", "--vendor", "1172", "--device", "e001"],
+                 ["model", "list"], ["model", "remove", "fpga"], ["status"], ["vgpu", "list"]):
+        rc, _, err = run(capsys, *glob, *argv)
+        assert rc == 0, (argv, err)
+
+
+def test_store_check_on_a_good_database(world, tmp_path, capsys):
+    root, good = world
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "passthru.db").write_bytes(good)
+    glob = ["--root", str(root), "--state-dir", str(state)]
+    rc, out, err = run(capsys, *glob, "store", "check")
+    assert rc == 0 and err == "" and out.splitlines()[-1] == "no problems", out
+    assert "ok   integrity: PRAGMA integrity_check: ok" in out and "ok   schema: version 2 (the latest" in out
+    rc, out, _ = run(capsys, *glob, "store", "backup")
+    assert rc == 0 and out.startswith(f"wrote {state}/passthru.db.bak (")
+    rc, out, _ = run(capsys, *glob, "store", "check", "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["ok"] and doc["version"] == doc["latest"] == 2
+    assert {c["check"]: c["status"] for c in doc["checks"]} == {"database": "ok", "integrity": "ok", "schema": "ok",
+                                                                 "tables": "ok", "indexes": "ok", "backup": "ok"}
+    assert doc["backup"]["version"] == 2 and doc["backup"]["integrity"] == "ok"
+    # no database yet: nothing to check, and the check does not create one
+    empty = tmp_path / "empty"
+    rc, out, _ = run(capsys, "--root", str(root), "--state-dir", str(empty), "store", "check")
+    assert rc == 0 and "not there yet" in out and not empty.exists()
+
+
+@pytest.mark.parametrize("name, check", [("garbage", "database"), ("truncated", "database"),
+                                         ("bit-flipped", "integrity"), ("foreign", "schema"),
+                                         ("tables-dropped", "schema"), ("newer", "schema")])
+def test_store_check_on_a_damaged_database_says_what_and_how(world, tmp_path, capsys, name, check):
+    glob, state = _corrupt_state(world, tmp_path, name)
+    rc, out, err = run(capsys, *glob, "store", "check", "--json")
+    doc = json.loads(out)
+    assert rc == 1 and err == "" and not doc["ok"]
+    failed = {c["check"]: c for c in doc["checks"] if c["status"] == "fail"}
+    assert check in failed and failed[check]["fix"]
+    rc, out, _ = run(capsys, *glob, "store", "check")
+    assert rc == 1 and f"FAIL {check}: " in out and "       fix: " in out
+    rc, _, err = run(capsys, *glob, "store", "backup")  # a damaged database is never copied over a backup
+    if name == "newer":  # not damaged: a newer passthru's, and worth a copy
+        assert rc == 0 and (state / "passthru.db.bak").exists(), err
+    else:
+        one_line_exit_2(rc, err, str(state / "passthru.db"))
+        assert not (state / "passthru.db.bak").exists()
+
+
+def test_the_fix_store_check_prints_restores_the_backup(world, tmp_path, capsys):
+    glob, state = _corrupt_state(world, tmp_path, "bit-flipped")
+    (state / "passthru.db.bak").write_bytes(world[1])
+    (state / "passthru.db-wal").write_bytes(b"stale")
+    rc, out, _ = run(capsys, *glob, "store", "check", "--json")
+    fix = next(c["fix"] for c in json.loads(out)["checks"] if c["status"] == "fail")
+    command = fix.split("   (")[0]
+    subprocess.run(["bash", "-c", command], check=True, timeout=30)
+    assert sorted(p.name for p in state.iterdir() if not p.name.startswith("broken-")) == ["passthru.db"]
+    rc, out, err = run(capsys, *glob, "assignments")
+    assert rc == 0 and "vm1  pci:0000:86:00.0  reserved" in out, err
+    rc, out, _ = run(capsys, *glob, "store", "check")
+    assert rc == 0, out
+
+
+def test_a_newer_or_foreign_database_is_never_migrated_into(world, tmp_path, capsys):
+    glob, state = _corrupt_state(world, tmp_path, "foreign")
+    run(capsys, *glob, "assign", "vm3", "gpu", "--no-bind")
+    c = sqlite3.connect(state / "passthru.db")
+    assert [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["invoices"]
+
+
+def test_serve_on_a_damaged_database_exits_2_with_one_line(world, tmp_path):
+    glob, state = _corrupt_state(world, tmp_path, "garbage")
+    p = subprocess.run([sys.executable, "-m", "passthru", *glob, "serve", "--listen", f"unix:{tmp_path}/a.sock",
+                        "--no-hotplug", "--no-reconcile"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    one_line_exit_2(p.returncode, p.stderr, str(state / "passthru.db"), "file is not a database")
+    assert not (tmp_path / "a.sock").exists()
+
+
+# -- models.toml ------------------------------------------------------------------------------------------------------
+def test_a_control_character_description_is_refused(world, tmp_path, capsys):
+    root, _ = world
+    etc = tmp_path / "etc"
+    rc, _, err = run(capsys, "--root", str(root), "--config-dir", str(etc), "model", "add", "x", "--vendor", "8086",
+                     "--device", "37c8", "--description", "QAT\x01card")
+    line = one_line_exit_2(rc, err, "--description has a control character '\\x01' at position 3")
+    assert line.endswith("use printable text (no tabs, newlines or escape sequences)")
+    assert not (etc / "models.toml").exists()
+
+
+@pytest.mark.parametrize("raw, what", [
+    (b'[models.x]\nvendor = "8086"\ndevice = "37c8"\ndescription = "QAT\x01card"\n',
+     "not valid TOML (Illegal character '\\x01' (at line 4, column 19))"),
+    (b'[models.x]\nvendor = "8086"\ndevice = "37c8"\ndescription = "Quick\xc4ssist"\n',
+     "not UTF-8 text (byte 0xc4 on line 4)"),
+])
+def test_an_unreadable_models_toml_is_one_line_for_every_command(world, tmp_path, capsys, raw, what):
+    root, _ = world
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "models.toml").write_bytes(raw)
+    glob = ["--root", str(root), "--config-dir", str(etc), "--state-dir", str(tmp_path / "state")]
+    for argv in (["model", "list"], ["model", "remove", "x"], ["model", "add", "y", "--vendor", "1", "--device", "2"],
+                 ["devices"], ["devices", "--json"], ["assign", "vm1", "gpu", "--no-bind"]):
+        rc, _, err = run(capsys, *glob, *argv)
+        line = one_line_exit_2(rc, err, str(etc / "models.toml"), what)
+        assert line.endswith("fix that line, or move the file away and add the models again with "
+                             "`passthru model add`")
+    assert (etc / "models.toml").read_bytes() == raw
+
+
+# -- directories that are files, loops; links where passthru keeps files ----------------------------------------------
+def test_a_state_dir_that_is_a_file(world, tmp_path, capsys):
+    root, _ = world
+    (tmp_path / "state").write_text("not a directory\n")
+    glob = ["--root", str(root), "--config-dir", str(tmp_path / "etc"), "--state-dir", str(tmp_path / "state")]
+    for argv in (["assign", "vm1", "gpu", "--no-bind"], ["assignments"], ["release", "vm1"], ["qemu-args", "vm1"],
+                 ["store", "check"], ["store", "backup"], ["vgpu", "list"]):
+        rc, _, err = run(capsys, *glob, *argv)
+        line = one_line_exit_2(rc, err, str(tmp_path / "state"))
+        assert "is not a directory" in line and "move it away, or pass --state-dir" in line, argv
+    rc, out, err = run(capsys, *glob, "devices", "--json")  # read-only and stateless: still works
+    assert rc == 0 and json.loads(out)["devices"], err
+    rc, _, err = run(capsys, *glob, "devices")
+    assert rc == 0, err
+
+
+@pytest.mark.xfail(strict=True, reason="vfio/state.py lists holdings with its own _listdir, which reads a broken "
+                   "state dir as empty; its rewrite switches to statefs.list_names (then remove this mark)")
+def test_status_on_a_state_dir_that_is_a_file(world, tmp_path, capsys):
+    root, _ = world
+    (tmp_path / "state").write_text("")
+    rc, _, err = run(capsys, "--root", str(root), "--state-dir", str(tmp_path / "state"), "status")
+    one_line_exit_2(rc, err, str(tmp_path / "state"))
+
+
+def test_the_default_state_dir_under_the_root_is_a_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PASSTHRU_STATE_DIR", raising=False)
+    root = fx.gpu_server(tmp_path / "gs")
+    (Path(root) / "var" / "lib").mkdir(parents=True, exist_ok=True)
+    (Path(root) / "var" / "lib" / "passthru").write_text("")
+    rc, _, err = run(capsys, "--root", str(root), "assignments")
+    one_line_exit_2(rc, err, f"{root}/var/lib/passthru is not a directory; move it away, or pass --state-dir")
+
+
+def test_a_state_dir_in_a_symlink_loop(world, tmp_path, capsys):
+    root, _ = world
+    (tmp_path / "state").symlink_to(tmp_path / "state")
+    rc, _, err = run(capsys, "--root", str(root), "--state-dir", str(tmp_path / "state"), "assignments")
+    one_line_exit_2(rc, err, str(tmp_path / "state"), "symlink loop", "--state-dir")
+
+
+def test_a_config_dir_that_is_a_file(world, tmp_path, capsys):
+    root, _ = world
+    (tmp_path / "etc").write_text("")
+    glob = ["--root", str(root), "--config-dir", str(tmp_path / "etc"), "--state-dir", str(tmp_path / "state")]
+    for argv in (["model", "list"], ["model", "add", "x", "--vendor", "8086", "--device", "37c8"],
+                 ["model", "remove", "x"], ["devices"], ["devices", "--json"], ["assign", "vm1", "gpu", "--no-bind"]):
+        rc, _, err = run(capsys, *glob, *argv)
+        one_line_exit_2(rc, err, f"{tmp_path}/etc is not a directory; move it away, or pass --config-dir")
+
+
+def test_a_symlinked_record_is_one_line_and_its_target_untouched(world, tmp_path, capsys):
+    root, _ = world
+    target = tmp_path / "precious.json"
+    target.write_text('{"address": "0000:86:00.0"}')
+    (tmp_path / "state" / "vfio").mkdir(parents=True)
+    (tmp_path / "state" / "vfio" / "0000:86:00.0.json").symlink_to(target)
+    glob = ["--root", str(root), "--state-dir", str(tmp_path / "state")]
+    for argv in (["status"], ["status", "--json"]):
+        rc, _, err = run(capsys, *glob, *argv)
+        one_line_exit_2(rc, err, "0000:86:00.0.json is a symbolic link; passthru does not follow links")
+    assert target.read_text() == '{"address": "0000:86:00.0"}'
