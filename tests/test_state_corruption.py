@@ -265,8 +265,8 @@ COMMANDS = [
     ["assignments", "--all", "--json"],
     ["qemu-args", "vm1"],
     ["libvirt-xml", "vm1"],
-    ["attach", "vm1", "0000:86:00.0", "--qmp", "/nonexistent/vm1.qmp"],
-    ["detach", "vm1", "0000:86:00.0", "--qmp", "/nonexistent/vm1.qmp"],
+    ["attach", "vm1", "0000:86:00.0", "--qmp", "/no/such/dir/vm1.qmp"],
+    ["detach", "vm1", "0000:86:00.0", "--qmp", "/no/such/dir/vm1.qmp"],
     ["vgpu", "remove", fx.T4_MDEV_UUID, "--dry-run"],
 ]
 
@@ -488,3 +488,46 @@ def test_a_symlinked_record_is_one_line_and_its_target_untouched(world, tmp_path
         rc, _, err = run(capsys, *glob, *argv)
         one_line_exit_2(rc, err, "0000:86:00.0.json is a symbolic link; passthru does not follow links")
     assert target.read_text() == '{"address": "0000:86:00.0"}'
+
+
+# -- the safety net in main(): what no check caught is still one line ----------------------------------------------
+def test_an_escaped_oserror_is_one_line_exit_1(world, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from passthru.commands import Session
+
+    def failing_disk(self, **kw):  # the stimulus: a read error no check anticipates
+        raise OSError(errno.EIO, os.strerror(errno.EIO), "/sys/bus/pci/devices/0000:86:00.0/config")
+
+    monkeypatch.setattr(Session, "inventory", failing_disk)
+    rc, out, err = run(capsys, "--root", str(world[0]), "devices")
+    assert rc == 1 and out == "" and err == ("passthru: /sys/bus/pci/devices/0000:86:00.0/config: "
+                                             "Input/output error\n")
+
+
+def test_an_escaped_database_error_is_one_line_exit_1(world, tmp_path, capsys, monkeypatch):
+    from sqlalchemy.exc import ProgrammingError
+
+    from passthru.inventory.store import Store
+
+    def broken(self, *a, **kw):  # an error translate() leaves alone (a programming error) reaches main()
+        raise ProgrammingError("SELECT 1", {}, sqlite3.ProgrammingError("Cannot operate on a closed database.\nx"))
+
+    monkeypatch.setattr(Store, "assignments", broken)
+    rc, out, err = run(capsys, "--root", str(world[0]), "--state-dir", str(tmp_path / "s"), "assignments")
+    assert rc == 1 and err == ("passthru: inventory database error: Cannot operate on a closed database.; "
+                               "`passthru store check` says more\n")
+
+
+def test_store_backup_refusals(world, tmp_path, capsys):
+    glob = ["--root", str(world[0]), "--state-dir", str(tmp_path / "state")]
+    rc, _, err = run(capsys, *glob, "store", "backup")
+    one_line_exit_2(rc, err, f"{tmp_path}/state/passthru.db: no inventory database yet; nothing to back up")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "passthru.db").write_bytes(world[1])
+    rc, _, err = run(capsys, *glob, "store", "backup", "-o", "/no/such/dir/x.db")
+    one_line_exit_2(rc, err, "-o /no/such/dir/x.db: /no/such/dir is not a directory; choose another file")
+    rc, out, _ = run(capsys, *glob, "store", "backup", "-o", str(tmp_path / "copy.db"))
+    assert rc == 0 and os.stat(tmp_path / "copy.db").st_mode & 0o777 == 0o600
+    with sqlite3.connect(tmp_path / "copy.db") as c:
+        assert c.execute("SELECT count(*) FROM assignments WHERE vm = 'vm1'").fetchone()[0] == 2

@@ -41,8 +41,9 @@ def check(
     if as_json:
         _emit_json(doc)
     else:
-        print(f"{doc['database']} ({doc['dialect']}): schema version {doc['version'] or '-'}, this passthru knows "
-              f"up to {doc['latest']}")
+        version = "unknown" if doc["version"] is None else doc["version"] or "none"
+        print(f"{doc['database']} ({doc['dialect']}): schema version {version}, this passthru knows up to "
+              f"{doc['latest']}")
         for f in doc["checks"]:
             mark = {FAIL: "FAIL", WARN: "warn"}.get(f["status"], "ok  ")
             print(f"{mark} {f['check']}: {f['detail']}")
@@ -83,5 +84,7 @@ def backup(
     dest = os.path.abspath(output) if output else db + ".bak"
     if dest == db:
         raise UsageError(f"-o {output}: that is the database itself; choose another file")
+    if not os.path.isdir(os.path.dirname(dest)):
+        raise UsageError(f"-o {output}: {os.path.dirname(dest)} is not a directory; choose another file")
     size = backup_sqlite(db, dest)
     print(f"wrote {dest} ({size} bytes)")

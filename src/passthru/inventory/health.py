@@ -190,12 +190,27 @@ def _backup_info(db: str) -> dict:
 
 
 def _check_sqlite(db: str, doc: dict) -> None:
-    checks = doc["checks"]
-    fix = restore_commands(db)
     doc["backup"] = _backup_info(db)
     if not os.path.exists(db):
-        checks.append(_finding("database", OK, "not there yet: created on first use"))
+        doc["checks"].append(_finding("database", OK, "not there yet: created on first use"))
         return
+    _check_sqlite_file(db, doc)
+    b = doc["backup"]
+    if not b["exists"]:
+        doc["checks"].append(_finding("backup", OK, f"none ({b['path']}): one is made before each migration; "
+                                                    "`passthru store backup` makes one now"))
+    elif b["integrity"] != "ok":
+        doc["checks"].append(_finding("backup", WARN, f"{b['path']}: damaged ({b['integrity']})",
+                                      "`passthru store backup` replaces it with a copy of the database"))
+    else:
+        doc["checks"].append(_finding("backup", OK, f"{b['path']}: schema version {b['version']}, "
+                                                    f"{b['modified']}"))
+
+
+def _check_sqlite_file(db: str, doc: dict) -> None:
+    checks = doc["checks"]
+    fix = restore_commands(db)
+    doc["size"] = os.path.getsize(db)
     try:
         conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S)
     except sqlite3.Error as e:
@@ -208,7 +223,6 @@ def _check_sqlite(db: str, doc: dict) -> None:
         except sqlite3.DatabaseError as e:
             checks.append(_finding("database", FAIL, f"not a usable SQLite database ({e})", fix))
             return
-        doc["size"] = os.path.getsize(db)
         checks.append(_finding("database", OK, f"SQLite, {doc['size']} bytes"))
         try:
             bad = _integrity(conn)
@@ -226,15 +240,6 @@ def _check_sqlite(db: str, doc: dict) -> None:
         _schema_findings(doc, "sqlite", version, tables, indexes, fix)
     finally:
         conn.close()
-    b = doc["backup"]
-    if not b["exists"]:
-        checks.append(_finding("backup", OK, f"none ({b['path']}): one is made before each migration; "
-                                             "`passthru store backup` makes one now"))
-    elif b["integrity"] != "ok":
-        checks.append(_finding("backup", WARN, f"{b['path']}: damaged ({b['integrity']})",
-                               "`passthru store backup` replaces it with a copy of the database"))
-    else:
-        checks.append(_finding("backup", OK, f"{b['path']}: schema version {b['version']}, {b['modified']}"))
 
 
 def _schema_findings(doc: dict, dialect: str, version: int, tables: set[str], indexes: set[str], fix: str) -> None:
@@ -290,8 +295,8 @@ def _check_url(url: URL, doc: dict) -> None:
 def check(url: str) -> dict:
     """The `passthru store check` report: ``ok`` is False when a check failed; each finding has its fix."""
     u = make_url(url)
-    doc: dict = {"schema": 1, "database": db_label(u), "dialect": u.get_backend_name(), "version": None,
-                 "latest": LATEST, "ok": True, "checks": [], "backup": None}
+    doc: dict = {"schema": 1, "database": db_label(u), "dialect": u.get_backend_name(), "size": None,
+                 "version": None, "latest": LATEST, "ok": True, "checks": [], "backup": None}
     db = sqlite_file(u)
     if db is not None:
         _check_sqlite(db, doc)
