@@ -160,9 +160,9 @@ def restore_commands(db: str) -> str:
 
     d, name = shlex.quote(os.path.dirname(db)), shlex.quote(os.path.basename(db))
     aside = f"broken-{time.strftime('%Y%m%d-%H%M%S')}"
-    cmd = f"cd {d} && mkdir {aside} && mv {name} {name}-* {name}.* {aside}/ 2>/dev/null"
+    cmd = f"cd {d} && mkdir {aside} && mv {name}* {aside}/"
     if os.path.exists(db + ".bak"):
-        return cmd + f"; cp -p {aside}/{name}.bak {name}   (without the cp: start an empty inventory)"
+        return cmd + f" && cp -p {aside}/{name}.bak {name}   (without the cp: start an empty inventory)"
     return cmd + "   (passthru then starts an empty inventory: there is no backup)"
 
 

@@ -28,6 +28,7 @@ from ..errors import HostError, InventoryError, NotFoundError, UsageError
 from . import claims as rules
 from .base import STATES, Assignment, ClaimError, InvalidState, actor, now, write_audit
 from .engine import db_label, fork_guard, make_engine, reading, sqlite_file, unusable, writing
+from .health import backup_sqlite, schema_problem
 from .schema import ACTIVE_STATES, LATEST, MIGRATIONS, assignments, audit, devices, models, schema_migrations
 from .sync import DeviceRecord, sync
 
@@ -148,8 +149,6 @@ class Store:
         if version > LATEST:
             raise InventoryError(f"{self._where()}: inventory schema version {version} is newer than this passthru "
                                  f"knows ({LATEST}); upgrade passthru (a newer one made this database)")
-        from .health import backup_sqlite, schema_problem
-
         problem = schema_problem(self.engine.dialect.name, version, tables)
         if problem:
             raise unusable(self.engine.url, problem)
