@@ -13,7 +13,7 @@ from sqlalchemy import insert, inspect
 from sqlalchemy.exc import IntegrityError
 
 from passthru.config import Paths
-from passthru.errors import HostError, NotFoundError, UsageError
+from passthru.errors import HostError, InventoryError, NotFoundError, UsageError
 from passthru.inventory import DB_ENV, Assignment, ClaimError, DeviceRecord, InvalidState, Store
 from passthru.inventory.schema import LATEST, assignments
 
@@ -106,8 +106,75 @@ def test_newer_database_is_refused(db_url, tmp_path):
     Store(db_url).migrate()
     with sqlite3.connect(tmp_path / "passthru.db") as c:
         c.execute("INSERT INTO schema_migrations VALUES (99, 'future', '2099-01-01T00:00:00.000000Z')")
-    with pytest.raises(HostError, match="newer than this passthru"):
+    with pytest.raises(InventoryError, match="newer than this passthru"):
         Store(db_url).devices()
+
+
+def test_an_older_database_is_backed_up_before_it_is_migrated(db_url, tmp_path):
+    db, bak = tmp_path / "passthru.db", tmp_path / "passthru.db.bak"
+    fresh = Store(db_url)
+    fresh.migrate()
+    assert not bak.exists()  # a new database has nothing to keep
+    fresh.close()
+    db.unlink()
+    old = Store(db_url)
+    assert old.migrate(to=1) == 1
+    old.sync_devices(host())
+    _old_claim(old, "vm1", "pci:0000:18:00.0")
+    old.close()
+    new = Store(db_url)
+    assert new.migrate() == LATEST
+    assert stat.S_IMODE(bak.stat().st_mode) == 0o600
+    with sqlite3.connect(bak) as c:  # the database as it was before the migration, a file of its own
+        assert c.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 1
+        assert c.execute("SELECT vm, device FROM assignments").fetchall() == [("vm1", "pci:0000:18:00.0")]
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert held(new) == {"pci:0000:18:00.0": "vm1"}
+    before = bak.stat().st_mtime_ns
+    Store(db_url).migrate()  # nothing to migrate: the backup stays as it is
+    assert bak.stat().st_mtime_ns == before
+    # the backup restores: the old version comes back and migrates again
+    new.close()
+    for f in tmp_path.glob("passthru.db*"):
+        if f != bak:
+            f.unlink()
+    bak.rename(db)
+    again = Store(db_url)
+    assert again.migrate() == LATEST and held(again) == {"pci:0000:18:00.0": "vm1"}
+
+
+def test_a_damaged_database_never_replaces_the_backup(db_url, tmp_path):
+    db, bak = tmp_path / "passthru.db", tmp_path / "passthru.db.bak"
+    old = Store(db_url)
+    old.migrate(to=1)
+    old.sync_devices(host())
+    old.close()
+    bak.write_bytes(db.read_bytes())
+    good = bak.read_bytes()
+    data = bytearray(db.read_bytes())
+    page = 4096
+    for p in range(1, len(data) // page):  # every b-tree page but the first: its header bytes flipped
+        for i in range(8):
+            data[p * page + i] ^= 0xFF
+    db.write_bytes(bytes(data))
+    with pytest.raises(InventoryError, match=r"passthru.db: not a usable inventory database \(.*malformed"):
+        Store(db_url).migrate()
+    assert bak.read_bytes() == good
+    from passthru.inventory.health import backup_sqlite
+
+    with pytest.raises(InventoryError, match=r"damaged \(.*\): not copying it over"):
+        backup_sqlite(str(db), str(bak))
+    assert bak.read_bytes() == good and [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []
+
+
+def test_the_expected_schema_is_what_the_migrations_make():
+    from passthru.inventory.health import expected_schema, replayed_schema
+
+    assert expected_schema(LATEST) == replayed_schema(LATEST)
+    tables, indexes = expected_schema(1)
+    assert tables == {"devices", "models", "assignments", "audit", "schema_migrations"}
+    assert "uq_assignments_active_device" in indexes and "ix_assignments_vm_state" not in indexes
 
 
 def test_default_location_is_private_and_env_overrides(tmp_path, monkeypatch):

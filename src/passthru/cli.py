@@ -1,7 +1,8 @@
 """The ``passthru`` command line: parses input, calls the library, prints tables (Rich) or JSON (``--json``).
 
 No host logic lives here. Errors are one line on stderr, ``passthru: <problem>; <fix>``, with exit code 2 for bad
-input and 1 for host failures.
+input and 1 for host failures. :func:`main` also catches what should never escape a command, an OSError or a
+database error that no check turned into its own message, and prints it as one line (exit 1) instead of a traceback.
 """
 
 from __future__ import annotations
@@ -391,6 +392,7 @@ from . import cli_vm  # noqa: E402,F401  (registers model, assign, release, assi
 from . import cli_agent  # noqa: E402,F401  (registers serve)
 from . import cli_vf  # noqa: E402,F401  (registers vf: count, list, set, reset, switchdev, offload)
 from . import cli_vgpu  # noqa: E402,F401  (registers vgpu types, list, create, remove, start-persisted)
+from . import cli_store  # noqa: E402,F401  (registers store check, backup)
 
 
 _COMMAND = None
@@ -423,7 +425,24 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 0
+    except OSError as e:  # the safety net: a file problem no check above turned into its own message
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"passthru: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not _is_sqlalchemy(e):
+            raise
+        orig = getattr(e, "orig", None) or e
+        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        print(f"passthru: inventory database error: {first}; `passthru store check` says more", file=sys.stderr)
+        return 1
     return rc if isinstance(rc, int) else 0  # typer.Exit(n) comes back as the return value
+
+
+def _is_sqlalchemy(e: Exception) -> bool:
+    """Without importing SQLAlchemy (a command that never loaded it cannot have raised its errors)."""
+    exc = sys.modules.get("sqlalchemy.exc")
+    return exc is not None and isinstance(e, exc.SQLAlchemyError)
 
 
 def _click_exception() -> type[Exception]:

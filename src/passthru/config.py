@@ -11,6 +11,12 @@ Custom models (``models.toml``) name PCI devices the built-in classes don't know
     device = "37c8"
     kind = "accelerator"      # optional, defaults to "custom"
     description = "QuickAssist 8970"
+
+The file is written by a TOML writer (tomli-w), so whatever ``passthru model add`` accepts reads back unchanged;
+names, kinds and descriptions with control characters are refused (:func:`text_problem`, the rule the agent's API
+applies too). A directory that is a regular file, a symlink loop or unreadable is a ConfigError naming it and the
+fix, raised when the directory is used (:meth:`Paths.state` / :meth:`Paths.config`): a listing that does not use
+the state directory keeps working when it is broken.
 """
 
 from __future__ import annotations
@@ -19,17 +25,37 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from .host.root import HostRoot
+from .statefs import check_dir
 
 __all__ = ["Paths", "DeviceModel", "load_models", "save_models", "add_model", "remove_model", "BUILTIN_KINDS",
-           "CONFIG_ENV", "STATE_ENV"]
+           "CONFIG_ENV", "STATE_ENV", "NO_CONTROL", "text_problem"]
 
 CONFIG_ENV = "PASSTHRU_CONFIG_DIR"
 STATE_ENV = "PASSTHRU_STATE_DIR"
 BUILTIN_KINDS = ("gpu", "nic", "nvme", "usb", "serial", "bridge", "other", "vgpu")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _HEX4_RE = re.compile(r"^(0x)?[0-9a-fA-F]{1,4}$")
+# free text the operator gives passthru (descriptions, names): no C0 control characters and no DEL; the agent's API
+# validates its fields with the same pattern
+NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER = "# passthru custom device models (`passthru model add/remove` edits this file)\n\n"
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as operator text (one short phrase), or None when it can: no control
+    characters (:data:`NO_CONTROL`), and encodable as UTF-8 (a command-line argument that was not UTF-8 arrives
+    as lone surrogates)."""
+    m = _CONTROL_RE.search(value)
+    if m:
+        return f"control character {m.group()!r} at position {m.start()}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"not UTF-8 text (position {e.start})"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +70,20 @@ class Paths:
             state_dir=state_dir or os.environ.get(STATE_ENV) or h.path("/var/lib/passthru"),
         )
 
+    def state(self, *parts: str) -> str:
+        """A path in the state directory, once the directory is checked usable (absent is fine: it is created on
+        first write); ConfigError naming it and the fix otherwise."""
+        check_dir(self.state_dir, "--state-dir")
+        return os.path.join(self.state_dir, *parts)
+
+    def config(self, *parts: str) -> str:
+        """A path in the config directory, once the directory is checked usable (see :meth:`state`)."""
+        check_dir(self.config_dir, "--config-dir")
+        return os.path.join(self.config_dir, *parts)
+
     @property
     def models_file(self) -> str:
-        return os.path.join(self.config_dir, "models.toml")
+        return self.config("models.toml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,74 +105,92 @@ def _hex_id(value: object, where: str) -> int:
 
 
 def load_models(path: str) -> list[DeviceModel]:
-    """Read models.toml; a missing file means no models. Malformed content raises ConfigError naming the fix."""
-    if not os.path.exists(path):
-        return []
-    import tomllib  # only when there is a file to read: most hosts have none
-
+    """Read models.toml; a missing file means no models. Malformed or unreadable content (not UTF-8, not TOML, a
+    raw control character written by an older passthru) raises ConfigError naming the file and the fix."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
     except FileNotFoundError:
         return []
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e}); fix the file or remove it") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        from .statefs import path_error
+
+        err = path_error(path, e, "--config-dir", "read")
+        raise (err or ConfigError(f"{path}: cannot read ({e.strerror}); fix it or pass --config-dir")) from None
+    import tomllib  # only when there is a file to read: most hosts have none
+
+    fix = "fix that line, or move the file away and add the models again with `passthru model add`"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); {fix}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({' '.join(str(e).split())}); {fix}") from None
     table = data.get("models", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [models] must be a table of [models.NAME] entries")
     out = []
     for name, spec in table.items():
         where = f"{path}: model {name!r}"
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise ConfigError(f"{where}: names are lowercase letters, digits, '-', '_' or '.'")
         if name in BUILTIN_KINDS:
             raise ConfigError(f"{where}: {name!r} is a built-in kind; choose another name")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: expected a table with vendor and device")
         kind = spec.get("kind", "custom")
-        if not isinstance(kind, str) or not _NAME_RE.match(kind):
+        if not isinstance(kind, str) or not _NAME_RE.fullmatch(kind):
             raise ConfigError(f"{where}: kind must be a short lowercase name, got {kind!r}")
+        description = spec.get("description")
+        if description is not None and not isinstance(description, str):
+            raise ConfigError(f"{where}: description must be a string, got {description!r}")
         out.append(
             DeviceModel(
                 name=name,
                 vendor_id=_hex_id(spec.get("vendor"), where + " vendor"),
                 device_id=_hex_id(spec.get("device"), where + " device"),
                 kind=kind,
-                description=spec.get("description"),
+                description=description,
             )
         )
     return out
 
 
-def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
 def save_models(path: str, models: list[DeviceModel]) -> None:
-    """Write models.toml (atomically), in the documented format, sorted by name."""
+    """Write models.toml (atomically), in the documented format, sorted by name, with a TOML writer: every string
+    is escaped as TOML requires, so the file always parses back to the same models."""
+    import tomli_w
+
     from .statefs import write_atomic
 
-    lines = ["# passthru custom device models (`passthru model add/remove` edits this file)", ""]
+    table = {}
     for m in sorted(models, key=lambda m: m.name):
-        lines += [f"[models.{_toml_str(m.name)}]", f"vendor = \"{m.vendor_id:04x}\"", f"device = \"{m.device_id:04x}\"",
-                  f"kind = {_toml_str(m.kind)}"]
-        if m.description:
-            lines.append(f"description = {_toml_str(m.description)}")
-        lines.append("")
-    write_atomic(path, "\n".join(lines).encode(), 0o644)
+        entry = {"vendor": f"{m.vendor_id:04x}", "device": f"{m.device_id:04x}", "kind": m.kind}
+        if m.description is not None:
+            entry["description"] = m.description
+        table[m.name] = entry
+    body = tomli_w.dumps({"models": table}) if table else ""
+    write_atomic(path, (_HEADER + body).encode("utf-8"), 0o644)
 
 
 def add_model(path: str, name: str, vendor: str, device: str, kind: str = "custom",
               description: str | None = None) -> str:
     """Add (or update) one model; "changed" or "unchanged". The same rules as loading: UsageError/ConfigError."""
     where = f"model {name!r}"
-    if not _NAME_RE.match(name):
+    for label, value in (("name", name), ("--kind", kind), ("--description", description)):
+        why = None if value is None else text_problem(value)
+        if why:
+            verb = "has a" if why.startswith("control") else "is"
+            raise UsageError(f"{where}: {label} {verb} {why}; use printable text (no tabs, newlines or escape "
+                             "sequences)")
+    if not _NAME_RE.fullmatch(name):
         raise ConfigError(f"{where}: names are lowercase letters, digits, '-', '_' or '.'")
     if name in BUILTIN_KINDS:
         raise ConfigError(f"{where}: {name!r} is a built-in kind ({', '.join(BUILTIN_KINDS)}); choose another name")
-    if not _NAME_RE.match(kind):
+    if not _NAME_RE.fullmatch(kind):
         raise ConfigError(f"{where}: --kind must be a short lowercase name, got {kind!r}")
     new = DeviceModel(name, _hex_id(vendor, where + " --vendor"), _hex_id(device, where + " --device"), kind,
                       description)

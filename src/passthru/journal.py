@@ -24,7 +24,7 @@ import re
 import time
 
 from .errors import ConfigError
-from .statefs import caller, fsync_dir, read_record, write_atomic
+from .statefs import caller, ensure_dir, fsync_dir, list_names, open_nofollow, read_record, write_atomic
 
 __all__ = ["Journal", "Op", "journal_for"]
 
@@ -84,7 +84,7 @@ class Journal:
         return os.path.join(self.dir, f"{op_id}.{ext}")
 
     def _lock(self, op_id: str, *, wait: bool) -> int | None:
-        fd = os.open(self._path(op_id, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = open_nofollow(self._path(op_id, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError:
@@ -106,7 +106,7 @@ class Journal:
 
     def begin(self, kind: str, **fields: object) -> Op:
         """Record the intent of an operation (before its first change) and hold its lock."""
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        ensure_dir(self.dir, 0o700)
         op_id = f"{time.time_ns():016x}-{os.getpid()}"
         fd = self._lock(op_id, wait=True)
         assert fd is not None
@@ -121,14 +121,7 @@ class Journal:
         return Op(self, doc, fd)
 
     def _ids(self) -> list[str]:
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise ConfigError(f"cannot read the journal {self.dir} ({e.strerror}); run as root, or pass "
-                              "--state-dir") from None
-        return sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
+        return [n[:-5] for n in list_names(self.dir)]
 
     def _load(self, op_id: str) -> dict | None:
         path = self._path(op_id, "json")

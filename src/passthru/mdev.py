@@ -44,7 +44,8 @@ from .names import check_vm
 from .host.root import HostRoot
 from .kinds.vgpu import (MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, candidates, capacity, find_parent,
                          match_type, pick, scan_parents, unknown_type)
-from .statefs import FileLock, fsync_dir, read_record, write_atomic, write_if_changed
+from .statefs import (FileLock, append_line, caller, ensure_dir, fsync_dir, list_names, read_record, write_atomic,
+                      write_if_changed)
 from .vfio.kernel import Kernel
 
 __all__ = ["MdevKernel", "Record", "MdevStore", "VgpuResult", "VgpuOutcome", "create", "remove", "start_persisted",
@@ -140,13 +141,6 @@ def _load(path: str) -> dict | None:
     return read_record(path)
 
 
-def _ls(d: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(d) if not n.startswith("."))
-    except OSError:
-        return []
-
-
 class MdevStore:
     """The vGPU records and persisted definitions under one :class:`Paths`."""
 
@@ -159,9 +153,10 @@ class MdevStore:
         return FileLock(os.path.join(self.paths.state_dir, "mdev.lock"), "vgpu create/remove")
 
     def audit(self, action: str, device: str, before: object, after: object, **extra: object) -> None:
-        from .vfio.state import Store
-
-        Store(self.paths).audit(action, device, before, after, **extra)
+        """One line in ``<state>/audit.log`` (the takeover's log, same entries); never through a link."""
+        entry = {"time": _now(), "action": action, "device": device, "before": before, "after": after,
+                 "caller": caller(), **extra}
+        append_line(os.path.join(self.paths.state_dir, "audit.log"), json.dumps(entry, sort_keys=True))
 
     # records
     def get(self, ident: str) -> Record | None:
@@ -176,11 +171,11 @@ class MdevStore:
             raise ConfigError(f"{path}: not a passthru vGPU record ({e}); move it away") from None
 
     def records(self) -> list[Record]:
-        return [r for n in _ls(self.rec_dir) if n.endswith(".json") and (r := self.get(n[:-5])) is not None]
+        return [r for n in list_names(self.rec_dir) if (r := self.get(n[:-5])) is not None]
 
     def save(self, rec: Record) -> Record:
         rec = rec if rec.since else replace(rec, since=_now())
-        os.makedirs(self.rec_dir, mode=0o700, exist_ok=True)
+        ensure_dir(self.rec_dir, 0o700)
         data = json.dumps({"schema": _SCHEMA, **asdict(rec)}, indent=2) + "\n"
         write_atomic(os.path.join(self.rec_dir, f"{rec.id}.json"), data.encode(), 0o600)
         return rec
@@ -195,12 +190,13 @@ class MdevStore:
     # definitions
     def definitions(self) -> list[dict]:
         out = []
-        for parent in _ls(self.def_dir):
-            for name in _ls(os.path.join(self.def_dir, parent)):
-                if name.endswith(".json"):
-                    doc = _load(os.path.join(self.def_dir, parent, name))
-                    if doc is not None and isinstance(doc.get("mdev_type"), str):
-                        out.append({**doc, "id": name[:-5], "parent": parent, "mode": doc.get("mode", MDEV)})
+        for parent in list_names(self.def_dir, ""):
+            if not os.path.isdir(os.path.join(self.def_dir, parent)):
+                continue  # a stray file: not a parent's directory
+            for name in list_names(os.path.join(self.def_dir, parent)):
+                doc = _load(os.path.join(self.def_dir, parent, name))
+                if doc is not None and isinstance(doc.get("mdev_type"), str):
+                    out.append({**doc, "id": name[:-5], "parent": parent, "mode": doc.get("mode", MDEV)})
         return out
 
     def definition(self, ident: str) -> dict | None:
@@ -224,7 +220,7 @@ class MdevStore:
         pdir = os.path.join(self.def_dir, d["parent"])
         os.unlink(os.path.join(pdir, f"{ident}.json"))
         fsync_dir(pdir)
-        if not _ls(pdir):
+        if not list_names(pdir, ""):
             try:
                 os.rmdir(pdir)
             except OSError:

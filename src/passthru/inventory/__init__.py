@@ -7,7 +7,8 @@ trail, in one database (SQLite by default at ``<state_dir>/passthru.db``; Postgr
     sync.py     DeviceRecord (what discovery feeds in) and the devices upsert
     claims.py   exclusivity rules: one holder per device, PF/VF (and mdev parent) exclusivity, IOMMU groups
     schema.py   tables and versioned migrations
-    engine.py   transactions: SQLite BEGIN IMMEDIATE + WAL; PostgreSQL SERIALIZABLE with retries
+    engine.py   transactions: SQLite BEGIN IMMEDIATE + WAL; PostgreSQL SERIALIZABLE with retries; damaged databases as one line
+    health.py   expected schema per version, the backup before a migration, `passthru store check`
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ PostgreSQL (later, same code):
       deadlock) and :func:`writing` retries it from the start, where it sees the winner's row. Migrations run at
       READ COMMITTED behind a transaction-scoped advisory lock, so that of two first starts the second waits and
       then sees the first one's tables (a serializable snapshot would be taken before the wait).
+Errors: a database that cannot be used is one line naming it and the fix, raised here, at the one place every
+transaction passes (:func:`writing`, :func:`reading`): "database is locked" after the busy timeout is a HostError
+(exit 1, retry); a corrupt, truncated or foreign file ("file is not a database", "database disk image is malformed",
+"no such table") an InventoryError (exit 2) that says to restore the backup or move the file away; one passthru may
+not open an InventoryError naming the permission fix. Constraint violations (IntegrityError) pass through: they are
+answers the claim rules give, not damage.
 Nothing else here or in the queries is dialect-specific.
 """
 
@@ -29,12 +35,13 @@ import sqlite3
 import time
 from typing import Callable, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import URL, Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from ..errors import HostError
+from ..errors import HostError, InventoryError, PassthruError
 
-__all__ = ["make_engine", "writing", "reading", "fork_guard", "BUSY_TIMEOUT_S"]
+__all__ = ["make_engine", "writing", "reading", "fork_guard", "BUSY_TIMEOUT_S", "sqlite_file", "db_label", "unusable",
+           "translate"]
 
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 30.0
@@ -100,6 +107,69 @@ def _busy(e: DBAPIError) -> bool:
     return isinstance(e, OperationalError) and "locked" in str(e.orig).lower()
 
 
+# what SQLite (and PostgreSQL) say about a database that is damaged or is not passthru's
+_DAMAGED = ("not a database", "malformed", "corrupt", "no such table", "no such column", "no such index",
+            "does not exist")
+_ACCESS = ("unable to open", "readonly database", "permission denied", "authentication failed")
+
+
+def sqlite_file(url: URL) -> str | None:
+    """The absolute path of a SQLite URL's database file; None for other dialects and in-memory databases."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return os.path.abspath(db)
+
+
+def db_label(url: URL) -> str:
+    """How messages name the database: the file for SQLite, the URL without its password otherwise."""
+    return sqlite_file(url) or url.render_as_string(hide_password=True)
+
+
+def unusable(url: URL, reason: str) -> InventoryError:
+    """The one line for a database passthru cannot use: what is wrong and how to get going again."""
+    db = sqlite_file(url)
+    tail = "`passthru store check` prints the commands"
+    if db is None:
+        return InventoryError(f"{db_label(url)}: not a usable inventory database ({reason}); repair it or point "
+                              f"PASSTHRU_DB_URL at another database; {tail}")
+    bak = db + ".bak"
+    then = (f"restore the backup ({os.path.basename(bak)}) or start an empty inventory" if os.path.exists(bak)
+            else "start an empty inventory (there is no backup)")
+    return InventoryError(f"{db}: not a usable inventory database ({reason}); move it away with its -wal and -shm "
+                          f"files and {then}; {tail}")
+
+
+def translate(url: URL, e: DBAPIError) -> PassthruError | None:
+    """The PassthruError for a database error that is about the database itself (damaged, foreign, not openable,
+    I/O), or None for one the caller should see as it is (a constraint violation, a programming error)."""
+    if isinstance(e, IntegrityError):
+        return None
+    orig = e.orig if e.orig is not None else e
+    reason = " ".join((str(orig).strip().splitlines() or [""])[0].split()) or type(orig).__name__
+    low = reason.lower()
+    if any(k in low for k in _DAMAGED):
+        return unusable(url, reason)
+    if any(k in low for k in _ACCESS):
+        return InventoryError(f"{db_label(url)}: cannot open the inventory database ({reason}); run as root, or "
+                              "pass --state-dir (or set PASSTHRU_DB_URL)")
+    if isinstance(e, OperationalError):
+        return HostError(f"{db_label(url)}: inventory database error ({reason}); check the disk and the database, "
+                         "then retry; `passthru store check` says more")
+    if type(orig) is sqlite3.DatabaseError:  # SQLITE_CORRUPT/NOTADB variants not matched above
+        return unusable(url, reason)
+    return None
+
+
+def _failed(engine: Engine, e: DBAPIError) -> PassthruError | None:
+    if _busy(e):
+        return HostError(f"inventory database is locked ({e.orig}; waited up to {BUSY_TIMEOUT_S:.0f} s): "
+                         "another process holds it; retry, or find it with `fuser` on the .db file")
+    return translate(engine.url, e)
+
+
 def writing(engine: Engine, fn: Callable[[Connection], T], *, attempts: int = 20, isolation: str | None = None) -> T:
     """Run ``fn`` in one write transaction (BEGIN IMMEDIATE on SQLite); commit, or roll back on any exception.
     Retries from the start on a PostgreSQL serialization failure or deadlock. ``isolation`` overrides the
@@ -115,19 +185,25 @@ def writing(engine: Engine, fn: Callable[[Connection], T], *, attempts: int = 20
             if _retryable(e) and attempt + 1 < attempts:
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
-            if _busy(e):
-                raise HostError(f"inventory database is locked ({e.orig}; waited up to {BUSY_TIMEOUT_S:.0f} s): "
-                                "another process holds it; retry, or find it with `fuser` on the .db file") from None
-            raise
+            err = _failed(engine, e)
+            if err is None:
+                raise
+            raise err from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def reading(engine: Engine, fn: Callable[[Connection], T]) -> T:
     """Run ``fn`` in a read-only transaction (a snapshot; on SQLite WAL it does not wait for writers)."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(**{_READONLY: True})
-        with conn.begin():
-            return fn(conn)
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(**{_READONLY: True})
+            with conn.begin():
+                return fn(conn)
+    except DBAPIError as e:
+        err = _failed(engine, e)
+        if err is None:
+            raise
+        raise err from None
 
 
 def fork_guard(engine: Engine, pid: int) -> int:

@@ -26,15 +26,16 @@ from sqlalchemy import Connection, and_, bindparam, insert, inspect, outerjoin, 
 from sqlalchemy.engine import make_url
 
 from ..config import BUILTIN_KINDS, Paths
-from ..errors import HostError, NotFoundError, UsageError
+from ..errors import HostError, InventoryError, NotFoundError, UsageError
 from . import claims as rules
 from ..names import check_uuid, check_vm
 from .base import STATES, Assignment, ClaimError, InvalidState, actor, now, write_audit
-from .engine import fork_guard, make_engine, reading, writing
+from .engine import db_label, fork_guard, make_engine, reading, sqlite_file, unusable, writing
+from .health import backup_sqlite, schema_problem
 from .schema import ACTIVE_STATES, LATEST, MIGRATIONS, assignments, audit, devices, models, schema_migrations
 from .sync import DeviceRecord, sync
 
-__all__ = ["Store", "DeviceRecord", "Assignment", "ClaimError", "InvalidState", "DB_ENV", "STATES"]
+__all__ = ["Store", "DeviceRecord", "Assignment", "ClaimError", "InvalidState", "DB_ENV", "STATES", "store_url"]
 
 DB_ENV = "PASSTHRU_DB_URL"
 # target state -> the states it may be reached from
@@ -58,31 +59,38 @@ def _check_vm(vm: str, vm_uuid: str | None = None) -> None:
         check_uuid(vm_uuid)
 
 
-def _default_url(paths: Paths | None) -> str:
+def store_url(url: str | None = None, paths: Paths | None = None) -> str:
+    """The database a Store opens: ``url``, else $PASSTHRU_DB_URL, else ``<state_dir>/passthru.db`` (the state
+    directory checked usable: a regular file or a symlink loop there is a ConfigError naming the fix)."""
+    if url or os.environ.get(DB_ENV):
+        return url or os.environ[DB_ENV]
     if paths is None:
         from ..host.root import HostRoot
 
         paths = Paths.for_root(HostRoot.from_env(None))
-    return "sqlite:///" + os.path.join(paths.state_dir, "passthru.db")
+    return "sqlite:///" + paths.state("passthru.db")
 
 
 def _prepare_sqlite_file(url: str) -> None:
     """Create the database's directory (0700) and the file itself (0600; SQLite gives -wal/-shm the same mode)."""
-    db = make_url(url).database
-    if not db or db == ":memory:" or db.startswith("file:"):
+    from ..statefs import ensure_dir, path_error
+
+    db = sqlite_file(make_url(url))
+    if db is None:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(db)), mode=0o700, exist_ok=True)
+    ensure_dir(os.path.dirname(db), 0o700)
     try:
         os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     except FileExistsError:
         pass
     except OSError as e:
-        raise HostError(f"{db}: cannot create the inventory database ({e.strerror})") from None
+        err = path_error(db, e, "--state-dir")
+        raise (err or HostError(f"{db}: cannot create the inventory database ({e.strerror})")) from None
 
 
 class Store:
     def __init__(self, url: str | None = None, *, paths: Paths | None = None) -> None:
-        url = url or os.environ.get(DB_ENV) or _default_url(paths)
+        url = store_url(url, paths)
         if url.startswith("sqlite"):
             _prepare_sqlite_file(url)
         self.url = url
@@ -112,7 +120,9 @@ class Store:
     # -- schema ---------------------------------------------------------------------------------------------------
     def migrate(self, *, to: int | None = None) -> int:
         """Bring the database to the latest schema version (or ``to``) and return the version it is at. Idempotent;
-        one read when there is nothing to do. Refuses a database made by a newer passthru."""
+        one read when there is nothing to do. Refuses a database made by a newer passthru, one whose tables are not
+        all there, and a SQLite file holding somebody else's tables (InventoryError, exit 2). An existing SQLite
+        inventory (version >= 1) is copied to ``<file>.bak`` before it is migrated (health.backup_sqlite)."""
         if os.getpid() != self._pid:
             self._pid, self._actor = fork_guard(self.engine, self._pid), None
         target = LATEST if to is None else to
@@ -135,11 +145,20 @@ class Store:
                     version = v
             return version
 
-        version = reading(self.engine, current)
+        def look(conn: Connection) -> tuple[int, set[str]]:
+            return current(conn), set(inspect(conn).get_table_names())
+
+        version, tables = reading(self.engine, look)
         if version > LATEST:
-            raise HostError(f"{self._where()}: inventory schema version {version} is newer than this passthru "
-                            f"knows ({LATEST}); upgrade passthru")
+            raise InventoryError(f"{self._where()}: inventory schema version {version} is newer than this passthru "
+                                 f"knows ({LATEST}); upgrade passthru (a newer one made this database)")
+        problem = schema_problem(self.engine.dialect.name, version, tables)
+        if problem:
+            raise unusable(self.engine.url, problem)
         if version < target:
+            db = sqlite_file(self.engine.url)
+            if db is not None and version >= 1:
+                backup_sqlite(db, db + ".bak")
             pg = self.engine.dialect.name == "postgresql"
             version = writing(self.engine, upgrade, isolation="READ COMMITTED" if pg else None)
         self._version = version
@@ -150,7 +169,7 @@ class Store:
             select(schema_migrations).order_by(schema_migrations.c.version)).mappings()])
 
     def _where(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        return db_label(self.engine.url)
 
     # -- devices --------------------------------------------------------------------------------------------------
     def sync_devices(self, records: list[DeviceRecord]) -> dict:

@@ -23,7 +23,8 @@ from typing import Iterator
 from ..config import Paths
 from ..errors import ConfigError
 from ..journal import journal_for
-from ..statefs import FileLock, caller, fsync_dir, read_record, write_atomic, write_if_changed
+from ..statefs import (FileLock, append_line, caller, ensure_dir, fsync_dir, list_names, read_record, write_atomic,
+                       write_if_changed)
 
 __all__ = ["Holding", "Store", "BINDING", "BOUND", "RESTORING"]
 
@@ -126,7 +127,7 @@ class Store:
 
     def holdings(self) -> list[Holding]:
         out = []
-        for name in _names(self.hold_dir):
+        for name in list_names(self.hold_dir):
             path = os.path.join(self.hold_dir, name)
             doc = self._load(path)
             if doc is not None:
@@ -135,7 +136,7 @@ class Store:
 
     def save(self, rec: Holding) -> Holding:
         rec = rec if rec.since else replace(rec, since=_now())
-        os.makedirs(self.hold_dir, mode=0o700, exist_ok=True)
+        ensure_dir(self.hold_dir, 0o700)
         write_atomic(self._hold_path(rec.address), (json.dumps(rec.to_json(), indent=2) + "\n").encode(), 0o600)
         return rec
 
@@ -149,7 +150,7 @@ class Store:
 
     def persisted(self) -> list[dict]:
         out = []
-        for name in _names(self.persist_dir):
+        for name in list_names(self.persist_dir):
             path = os.path.join(self.persist_dir, name)
             doc = self._load(path)
             if doc is None:
@@ -181,13 +182,7 @@ class Store:
     def audit(self, action: str, device: str, before: object, after: object, **extra: object) -> None:
         entry = {"time": _now(), "action": action, "device": device, "before": before, "after": after,
                  "caller": caller(), **extra}
-        os.makedirs(os.path.dirname(self.audit_path), mode=0o755, exist_ok=True)
-        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.audit_path, json.dumps(entry, sort_keys=True))
 
     def audit_entries(self) -> Iterator[dict]:
         try:
@@ -199,18 +194,6 @@ class Store:
                         continue
         except FileNotFoundError:
             return
-
-
-def _names(d: str) -> list[str]:
-    """The record files in ``d`` (sorted); none when ``d`` does not exist. A directory passthru cannot read is an
-    error, never "nothing held"."""
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        raise ConfigError(f"cannot read {d} ({e.strerror}): run as root, or pass --state-dir / --config-dir") from None
-    return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
 
 
 def _unlink(path: str) -> bool:
