@@ -105,7 +105,7 @@ def _serve(c: _Ctx, where: Listen, limits: Limits, tls: tuple[str, str] | None, 
     token = None
     if where.kind == "tcp":
         token = load_token(token_file or os.path.join(c.paths.config_dir, "token"))
-    from .inventory.health import preflight
+    from .service.preflight import preflight
 
     preflight(c.paths)  # a corrupt inventory or a broken state dir: one line, exit 2, before anything listens
     from .agent.api import create_app

@@ -24,7 +24,7 @@ from ..errors import HostError, InventoryError
 from .engine import BUSY_TIMEOUT_S, db_label, sqlite_file
 from .schema import LATEST, MIGRATIONS, metadata, schema_migrations
 
-__all__ = ["expected_schema", "schema_problem", "backup_sqlite", "check", "restore_commands", "preflight", "OK",
+__all__ = ["expected_schema", "schema_problem", "backup_sqlite", "check", "restore_commands", "OK",
            "WARN", "FAIL"]
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -304,18 +304,3 @@ def check(url: str) -> dict:
         _check_url(u, doc)
     doc["ok"] = not any(c["status"] == FAIL for c in doc["checks"])
     return doc
-
-
-def preflight(paths) -> None:  # noqa: ANN001 - config.Paths, imported lazily like the store
-    """What a long-running process (the agent) checks before it starts: the config and state directories, the
-    models file and the inventory (opened and migrated). Raises the PassthruError a command would."""
-    from ..config import load_models
-    from .store import Store
-
-    load_models(paths.models_file)
-    paths.state()
-    store = Store(paths=paths)
-    try:
-        store.migrate()
-    finally:
-        store.close()

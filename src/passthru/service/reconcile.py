@@ -53,8 +53,8 @@ def reconcile(s: Session, *, kernel: Any = None, apply_persisted: bool = False) 
 # -- 2. interrupted operations -------------------------------------------------------------------------------------
 def _operations(s: Session, kernel: Any, report: dict, errors: list[str]) -> None:
     journal = journal_for(s.paths.state_dir)
-    store = open_store(s)
     orphans = journal.orphans("assign") + journal.orphans("release") + journal.orphans("vgpu.")
+    store = open_store(s) if orphans else None
     for op in sorted(orphans, key=lambda o: o.id):
         item: dict[str, Any] = {"op": op.id, "kind": op.kind, "vm": op.get("vm"), "started": op.get("started")}
         problems: list[str] = []
@@ -103,9 +103,11 @@ def _finished(store: Any, op_id: str) -> bool:
 def _assignments(s: Session, kernel: Any, report: dict, errors: list[str]) -> None:
     store = open_store(s)
     live_ops = {d["id"] for d in journal_for(s.paths.state_dir).live()}
-    inv = s.inventory()  # the host as it is now (the store's own view is synced by assign and by the agent)
+    active = store.assignments()
+    # the host as it is now (the store's own view is synced by assign and by the agent); only when it is needed
+    inv = s.inventory() if any(a.device.startswith("pci:") for a in active) else None
     rebind: dict[str, tuple[str, str]] = {}
-    for a in store.assignments():
+    for a in active:
         if a.state == "pending":
             if a.op not in live_ops:  # a claim whose operation left no journal: never finished
                 store.release(a.vm, a.device)
@@ -120,7 +122,7 @@ def _assignments(s: Session, kernel: Any, report: dict, errors: list[str]) -> No
         if not a.device.startswith("pci:"):
             continue
         addr = a.device[4:]
-        fn = inv.pci_function(addr)
+        fn = inv.pci_function(addr) if inv is not None else None
         if fn is None:
             msg = f"{addr} held by VM {a.vm!r} is gone from the host: `passthru release {a.vm} {addr}`"
             report["assignments"].append({"vm": a.vm, "device": a.device, "action": "none", "why": msg})
