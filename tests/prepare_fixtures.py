@@ -1,8 +1,10 @@
 """Fake host roots for ``passthru prepare``: a SysfsBuilder host (/sys, /proc with the running command line and
-CPU) plus the boot side — /etc/os-release, /etc/default/grub, BLS entries, systemd-boot's ESP, kernels in /boot —
-shaped like the distributions' own installs. And a fake command runner that records calls and can fail.
+CPU) plus the boot side — /etc/os-release, /etc/default/grub, BLS entries, systemd-boot's ESP, Proxmox's
+proxmox-boot-tool, kernels in /boot and their modules, the initramfs tool — shaped like the distributions' own
+installs. And a fake command runner that records calls and can fail.
 
     root = boot_host(tmp_path, "debian", efi=True, cpu="intel", kernel="6.8.0-45-generic")
+    root = boot_host(tmp_path, "proxmox-zfs", pci=workstation)     # PCI devices from a SysfsBuilder callback
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from pathlib import Path
 
 from sysfs_builder import SysfsBuilder
 
-__all__ = ["boot_host", "FakeRunner", "OS_RELEASE", "DEBIAN_GRUB", "RHEL_GRUB", "CENTOS_GRUB", "snapshot", "KERNELS",
-           "grubby_effect", "bls_options_of"]
+__all__ = ["boot_host", "FakeRunner", "OS_RELEASE", "DEBIAN_GRUB", "RHEL_GRUB", "CENTOS_GRUB", "PROXMOX_GRUB",
+           "snapshot", "KERNELS", "grubby_effect", "bls_options_of", "ITOOLS_MODULES_STOCK", "MODULES_ALIAS",
+           "initramfs_effect"]
 
 KERNELS = {(6, 1): "6.1.0-25-amd64", (6, 8): "6.8.0-45-generic"}
+PVE_KERNEL = "6.8.12-4-pve"
 
 OS_RELEASE = {
     "debian": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\n'
@@ -76,6 +80,50 @@ GRUB_CMDLINE_LINUX="crashkernel=auto rd.lvm.lv=centos/root rd.lvm.lv=centos/swap
 GRUB_DISABLE_RECOVERY="true"
 """
 
+# Proxmox VE 8's /etc/default/grub (Debian's, another distributor); ZFS on BIOS adds root= to GRUB_CMDLINE_LINUX
+PROXMOX_GRUB = """\
+# If you change this file, run 'update-grub' afterwards to update
+# /boot/grub/grub.cfg.
+# For full documentation of the options in this file, see:
+#   info -f grub -n 'Simple configuration'
+
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=5
+GRUB_DISTRIBUTOR="Proxmox VE"
+GRUB_CMDLINE_LINUX_DEFAULT="quiet"
+GRUB_CMDLINE_LINUX=""
+"""
+
+# Debian's /etc/initramfs-tools/modules as installed
+ITOOLS_MODULES_STOCK = """\
+# List of modules that you want to include in your initramfs.
+# They will be loaded at boot time in the order below.
+#
+# Syntax:  module_name [args ...]
+#
+# You must run update-initramfs(8) to effect this change.
+#
+# Examples:
+#
+# raid1
+# sd_mod
+"""
+
+# a few real lines of a kernel's modules.alias (PCI ids and class matches, and vfio-pci's driver_override alias)
+MODULES_ALIAS = """\
+# Aliases extracted from modules themselves.
+alias pci:v*d*sv*sd*bc04sc03i00* snd_hda_intel
+alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e
+alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau
+alias pci:v000012D2d*sv*sd*bc03sc*i* nouveau
+alias pci:v*d*sv*sd*bc0Csc03i30* xhci_pci
+alias pci:v*d*sv*sd*bc01sc08i02* nvme
+alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci
+alias pci:v00008086d00003E92sv*sd*bc03sc*i* i915
+"""
+MODULES_BUILTIN = "kernel/drivers/tty/serial/8250/8250.ko\nkernel/drivers/pci/pcie/portdrv.ko\n"
+VFIO_BUILTIN = "kernel/drivers/vfio/vfio.ko\nkernel/drivers/vfio/pci/vfio-pci-core.ko\nkernel/drivers/vfio/pci/vfio-pci.ko\n"
+
 MACHINE_ID = "3f2a9c0d5e6b4a718293a4b5c6d7e8f9"
 
 
@@ -99,16 +147,23 @@ def _bls_entry(kernel: str, options: str) -> str:
 def boot_host(tmp: Path, kind: str, *, efi: bool = True, cpu: str = "intel", kernel: str = "6.8.0-45-generic",
               grub: str | None = None, cmdline: str | None = None, kernel_cmdline: str | None = None,
               bls_options: str | None = None, kernels: tuple[str, ...] | None = None, meminfo_gib: int | None = 64,
-              boot_id: str | None = None, name: str = "host") -> Path:
+              boot_id: str | None = None, name: str = "host", pci=None, initramfs: str | None = "auto",
+              vfio_builtin: bool = False) -> Path:
     """A fake host root. ``kind``: "debian" / "ubuntu" (GRUB, update-grub), "rhel-bls" (RHEL 9: BLS entries,
     grubby), "centos" (CentOS 7 classic GRUB), "systemd-boot" (Debian with systemd-boot on /boot/efi),
-    "unknown" (no boot loader files). ``grub``: /etc/default/grub text (None: the distribution's)."""
+    "proxmox-zfs" (PVE 8 on ZFS: proxmox-boot-tool with systemd-boot on UEFI, GRUB on BIOS), "proxmox" (PVE 8 on
+    ext4/LVM: plain GRUB), "unknown" (no boot loader files). ``grub``: /etc/default/grub text (None: the
+    distribution's). ``pci``: called with the SysfsBuilder to add devices before it builds. ``initramfs``: "auto"
+    (the distribution's tool: initramfs-tools or dracut, with each kernel's modules and image), None (no tool),
+    or "initramfs-tools" / "dracut". ``vfio_builtin``: vfio-pci compiled into the kernels (modules.builtin)."""
     root = Path(tmp) / name
-    b = SysfsBuilder(root)
+    b = SysfsBuilder(root, auto_groups=pci is not None)
     b.iommu("intel" if cpu == "intel" else "amd")
     if cmdline is None:
         cmdline = f"BOOT_IMAGE=/boot/vmlinuz-{kernel} root=UUID=5d4c1c9e-8a63-4a43-b1f4-7f0e2b9b8f11 ro quiet"
     b.proc(cmdline, cpu_vendor="GenuineIntel" if cpu == "intel" else "AuthenticAMD")
+    if pci:
+        pci(b)
     b.build()
     _put(root, "/proc/sys/kernel/osrelease", kernel + "\n")
     if meminfo_gib:
@@ -118,9 +173,25 @@ def boot_host(tmp: Path, kind: str, *, efi: bool = True, cpu: str = "intel", ker
     if efi:
         _put(root, "/sys/firmware/efi/fw_platform_size", "64\n")
     kernels = kernels or (kernel,)
-    distro = {"rhel-bls": "rhel", "systemd-boot": "debian", "unknown": "gentoo"}.get(kind, kind)
+    distro = {"rhel-bls": "rhel", "systemd-boot": "debian", "unknown": "gentoo", "proxmox-zfs": "debian",
+              "proxmox": "debian"}.get(kind, kind)
     _put(root, "/etc/os-release", OS_RELEASE[distro])
-    if kind in ("debian", "ubuntu"):
+    if initramfs == "auto":
+        initramfs = {"debian": "initramfs-tools", "rhel": "dracut", "centos": "dracut"}.get(distro)
+        initramfs = initramfs if kind != "ubuntu" else "initramfs-tools"
+    if kind in ("proxmox-zfs", "proxmox"):
+        _put(root, "/etc/default/grub", grub if grub is not None else PROXMOX_GRUB.replace(
+            'GRUB_CMDLINE_LINUX=""', 'GRUB_CMDLINE_LINUX="root=ZFS=rpool/ROOT/pve-1 boot=zfs"')
+            if kind == "proxmox-zfs" and not efi else PROXMOX_GRUB)
+        _put(root, "/usr/sbin/proxmox-boot-tool", "#!/bin/sh\n", 0o755)
+        for k in kernels:
+            _put(root, f"/boot/vmlinuz-{k}", b"\x7fkernel", 0o644)
+        if kind == "proxmox-zfs":
+            # two mirrored disks, one ESP each; the installer writes /etc/kernel/cmdline for systemd-boot
+            _put(root, "/etc/kernel/proxmox-boot-uuids", "4A2C-1F3B\n4A2C-9D07\n")
+            if efi:
+                _put(root, "/etc/kernel/cmdline", kernel_cmdline or "root=ZFS=rpool/ROOT/pve-1 boot=zfs\n")
+    elif kind in ("debian", "ubuntu"):
         _put(root, "/etc/default/grub", DEBIAN_GRUB if grub is None else grub)
         for k in kernels:
             _put(root, f"/boot/vmlinuz-{k}", b"\x7fkernel", 0o600)
@@ -160,7 +231,42 @@ def boot_host(tmp: Path, kind: str, *, efi: bool = True, cpu: str = "intel", ker
                  f"options {cmdline}\nlinux /{MACHINE_ID}/{k}/linux\ninitrd /{MACHINE_ID}/{k}/initrd.img-{k}\n")
     elif kind != "unknown":
         raise ValueError(f"unknown host kind {kind!r}")
+    if initramfs:
+        _initramfs_tool(root, initramfs, kernels, vfio_builtin)
     return root
+
+
+def _initramfs_tool(root: Path, tool: str, kernels: tuple[str, ...], vfio_builtin: bool) -> None:
+    """The initramfs tool's programs and configuration, and per kernel its modules directory (modules.alias,
+    modules.builtin) and its image in /boot (initramfs-tools: initrd.img-K; dracut: initramfs-K.img)."""
+    if tool == "initramfs-tools":
+        _put(root, "/usr/sbin/update-initramfs", "#!/bin/sh\n", 0o755)
+        _put(root, "/usr/sbin/mkinitramfs", "#!/bin/sh\n", 0o755)
+        _put(root, "/etc/initramfs-tools/initramfs.conf", "MODULES=most\nBUSYBOX=auto\nCOMPRESS=zstd\n")
+        _put(root, "/etc/initramfs-tools/modules", ITOOLS_MODULES_STOCK)
+    else:
+        _put(root, "/usr/bin/dracut", "#!/bin/bash\n", 0o755)
+        _put(root, "/etc/dracut.conf", "# PUT YOUR CONFIG IN separate files\n# in /etc/dracut.conf.d named \"<name>.conf\"\n")
+        (root / "etc/dracut.conf.d").mkdir(parents=True, exist_ok=True)
+    for k in kernels:
+        _put(root, f"/lib/modules/{k}/modules.alias", MODULES_ALIAS)
+        _put(root, f"/lib/modules/{k}/modules.builtin", MODULES_BUILTIN + (VFIO_BUILTIN if vfio_builtin else ""))
+        img = root / ("boot/initrd.img-" + k if tool == "initramfs-tools" else f"boot/initramfs-{k}.img")
+        if not img.exists():
+            _put(root, "/" + str(img.relative_to(root)), b"initrd", 0o600)
+        os.utime(img, (1_600_000_000, 1_600_000_000))  # built long before any test writes configuration
+
+
+def initramfs_effect(root: Path, then=None):
+    """A stand-in for ``update-initramfs -u -k all`` / ``dracut -f --regenerate-all``: every kernel's image in
+    /boot is rewritten now (what the rebuild does to the files the plan compares). ``then``: another effect."""
+    def effect(argv: list[str]) -> None:
+        if argv[0] in ("update-initramfs", "dracut"):
+            for img in list((Path(root) / "boot").glob("initrd.img-*")) + list((Path(root) / "boot").glob("initramfs-*.img")):
+                img.write_bytes(b"initrd rebuilt")
+        elif then:
+            then(argv)
+    return effect
 
 
 def snapshot(root: Path, skip: tuple[str, ...] = ("var/lib/passthru",)) -> dict[str, bytes | str]:

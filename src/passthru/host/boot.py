@@ -15,6 +15,10 @@ Boot loader detection, first match wins (host paths, all read through the HostRo
 3. ``grub``: ``/etc/default/grub`` exists.
 4. ``None``: unknown; ``passthru prepare`` then says which arguments to add by hand.
 
+Before all of these: a Proxmox host whose ESPs ``proxmox-boot-tool`` keeps in sync (``passthru/host/proxmox.py``)
+is ``systemd-boot`` (UEFI with ``/etc/kernel/cmdline``) or else ``grub``, and ``proxmox-boot-tool refresh`` is the
+command that regenerates (its ESPs are not mounted, so the rules above would misread it).
+
 Distribution family from ``/etc/os-release`` (or ``/usr/lib/os-release``) ``ID`` and ``ID_LIKE``: ``debian``
 (debian, ubuntu), ``rhel`` (rhel, fedora, centos), ``suse``, ``arch``.
 """
@@ -26,6 +30,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from .proxmox import PROXMOX_REFRESH, proxmox_esps
 from .root import HostRoot
 
 __all__ = ["BootInfo", "KernelImage", "GrubVar", "read_boot", "parse_os_release", "split_args", "arg_key",
@@ -280,6 +285,7 @@ class BootInfo:
     kernels: tuple[KernelImage, ...]  # systemd-boot: kernels kernel-install regenerates entries for
     running_kernel: str | None
     regenerate: tuple[tuple[str, ...], ...]  # commands that rebuild the menu from the edited files; () = none known
+    proxmox: bool = False  # proxmox-boot-tool keeps the ESPs in sync (regenerate is its refresh)
 
     def to_json(self) -> dict:
         return {
@@ -287,7 +293,7 @@ class BootInfo:
             "distro_like": list(self.distro_like), "family": self.family, "grub_default": self.grub_default,
             "grub_cfg": self.grub_cfg, "kernel_cmdline": self.kernel_cmdline, "bls_entries": list(self.bls_entries),
             "esp": self.esp, "running_kernel": self.running_kernel,
-            "regenerate": [list(c) for c in self.regenerate],
+            "regenerate": [list(c) for c in self.regenerate], "proxmox_boot_tool": self.proxmox,
         }
 
 
@@ -359,7 +365,15 @@ def read_boot(h: HostRoot) -> BootInfo:
     grub_cfg = None
     regen: tuple[tuple[str, ...], ...] = ()
     kernels: tuple[KernelImage, ...] = ()
-    if esp is not None or (efi and kcmd and not grub_default and not entries):
+    pve = proxmox_esps(h)
+    pve = pve if pve and (grub_default or (efi and kcmd)) else ()
+    if pve:
+        sdboot = bool(efi and kcmd)
+        loader = "systemd-boot" if sdboot else "grub"
+        reason = (f"proxmox-boot-tool keeps {len(pve)} ESP(s) in sync; "
+                  + (f"UEFI with {KERNEL_CMDLINE}: systemd-boot" if sdboot else f"GRUB ({GRUB_DEFAULT})"))
+        regen = (PROXMOX_REFRESH,)
+    elif esp is not None or (efi and kcmd and not grub_default and not entries):
         loader = "systemd-boot"
         reason = (f"UEFI with systemd-boot in {esp}" if esp else
                   f"UEFI with {KERNEL_CMDLINE} and no GRUB configuration")
@@ -380,7 +394,7 @@ def read_boot(h: HostRoot) -> BootInfo:
     return BootInfo(efi=efi, distro_id=distro_id, distro_like=like, family=family, loader=loader, reason=reason,
                     grub_default=grub_default, grub_cfg=grub_cfg, kernel_cmdline=kcmd,
                     bls_entries=entries if loader == "bls" else (), esp=esp, kernels=kernels,
-                    running_kernel=running, regenerate=regen)
+                    running_kernel=running, regenerate=regen, proxmox=bool(pve))
 
 
 def grub_d_overrides(h: HostRoot) -> list[str]:

@@ -210,6 +210,8 @@ def make_plan(h: HostRoot, facts: HostFacts, opts: PrepareOptions) -> Plan:
         if boot.kernel_cmdline:
             sync_file(KERNEL_CMDLINE, edit_kernel_cmdline, KERNEL_CMDLINE)
     elif boot.loader == "systemd-boot":
+        if boot.proxmox and boot.grub_default:  # an ESP proxmox-boot-tool set up with GRUB (Secure Boot) reads it
+            sync_file(GRUB_DEFAULT, edit_grub_default, "GRUB_CMDLINE_LINUX")
         if boot.kernel_cmdline:
             sync_file(KERNEL_CMDLINE, edit_kernel_cmdline, KERNEL_CMDLINE)
         else:
@@ -222,7 +224,7 @@ def make_plan(h: HostRoot, facts: HostFacts, opts: PrepareOptions) -> Plan:
                                        restore_as=seed))
                 notes.append(f"{KERNEL_CMDLINE} is created from the running command line (what kernel-install "
                              "uses without it)")
-        if any(c.path == KERNEL_CMDLINE for c in changes):
+        if any(c.path in (KERNEL_CMDLINE, GRUB_DEFAULT) for c in changes):
             regenerate()
             if not boot.regenerate:
                 manual.append("no installed kernel found: run kernel-install add VERSION IMAGE for each kernel")
