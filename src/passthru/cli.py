@@ -332,11 +332,21 @@ def doctor(
 @app.command()
 def prepare(
     ctx: typer.Context,
+    addresses: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[ADDRESS]...", help="With --early: the PCI functions vfio-pci claims at boot.")] = None,
     gpu: Annotated[bool, typer.Option("--gpu", help="Keep nouveau off at boot (rdblacklist=nouveau nouveau.modeset=0).")] = False,
     hugepages: Annotated[Optional[str], typer.Option("--hugepages", metavar="SIZE:COUNT",
                                                      help="Reserve hugepages at boot, e.g. 1G:16 or 2M:1024.")] = None,
     unsafe_interrupts: Annotated[bool, typer.Option("--unsafe-interrupts",
                                                     help="Add vfio_iommu_type1.allow_unsafe_interrupts=1.")] = False,
+    early: Annotated[bool, typer.Option("--early", help="vfio-pci claims the ADDRESS devices at boot (modprobe.d "
+                                                        "ids= and softdep, vfio in the initramfs).")] = False,
+    allow_shared_ids: Annotated[bool, typer.Option(
+        "--allow-shared-ids", help="--early even when devices on host drivers have the same IDs (vfio-pci takes "
+                                   "them too).")] = False,
+    force_netdev: Annotated[bool, typer.Option("--force-netdev", help="--early a NIC the host has an address "
+                                               "on.")] = False,
+    allow_boot_vga: Annotated[bool, typer.Option("--allow-boot-vga", help="--early the boot display.")] = False,
     apply: Annotated[bool, typer.Option("--apply", help="Write the changes (with backups) and regenerate.")] = False,
     do_rollback: Annotated[bool, typer.Option("--rollback", help="Restore the last applied backup set.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
@@ -344,20 +354,31 @@ def prepare(
     """Prepare the host: IOMMU kernel arguments for this CPU vendor, boot loader config, vfio modules at boot.
 
     Dry run by default (shows diffs and commands). Examples: `passthru prepare`, `passthru prepare --gpu
-    --hugepages 1G:16`, `passthru prepare --apply`, `passthru prepare --rollback`.
+    --hugepages 1G:16`, `passthru prepare --early 0000:01:00.0 0000:01:00.1`, `passthru prepare --apply`,
+    `passthru prepare --rollback`.
     """
-    from .prepare import (PrepareOptions, apply_plan, format_plan, format_result, make_plan, parse_hugepages,
-                          read_host_facts, rollback)
+    from .prepare import (ALLOW_SHARED_IDS, PrepareOptions, apply_plan, format_plan, format_result, make_plan,
+                          parse_hugepages, read_host_facts, rollback)
 
     c: _Ctx = ctx.obj
     if apply and do_rollback:
         raise UsageError("--apply and --rollback exclude each other; pick one")
+    overrides = {flag for flag, on in ((ALLOW_SHARED_IDS, allow_shared_ids), ("--force-netdev", force_netdev),
+                                       ("--allow-boot-vga", allow_boot_vga)) if on}
+    if addresses and not early:
+        raise UsageError(f"{addresses[0]}: device addresses go with --early (passthru prepare --early ADDRESS...)")
+    if early and not addresses:
+        raise UsageError("--early needs the PCI addresses of the devices vfio-pci should claim at boot, e.g. "
+                         "passthru prepare --early 0000:01:00.0 0000:01:00.1")
+    if overrides and not early:
+        raise UsageError(f"{sorted(overrides)[0]} goes with --early ADDRESS...")
     if do_rollback:
         res = rollback(c.host, c.paths)
         _emit_json(res.to_json()) if as_json else print(format_result(res))
         return
     opts = PrepareOptions(gpu=gpu, hugepages=parse_hugepages(hugepages) if hugepages else None,
-                          unsafe_interrupts=unsafe_interrupts)
+                          unsafe_interrupts=unsafe_interrupts, early=tuple(addresses or ()),
+                          overrides=frozenset(overrides))
     plan = make_plan(c.host, read_host_facts(c.host), opts)
     if apply:
         res = apply_plan(c.host, plan, c.paths)

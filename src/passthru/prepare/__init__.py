@@ -18,8 +18,10 @@ keys, appends what is missing, and never touches a list-valued blacklist argumen
 Files per loader (see ``passthru/host/boot.py`` for detection): grub edits ``GRUB_CMDLINE_LINUX`` in
 ``/etc/default/grub`` and regenerates the menu; bls runs ``grubby --update-kernel=ALL`` and keeps
 ``/etc/default/grub`` and ``/etc/kernel/cmdline`` (when present) in sync; systemd-boot edits
-``/etc/kernel/cmdline`` and runs ``kernel-install add`` per installed kernel. All loaders:
-``/etc/modules-load.d/vfio.conf``.
+``/etc/kernel/cmdline`` and runs ``kernel-install add`` per installed kernel; a Proxmox host whose ESPs
+proxmox-boot-tool keeps runs ``proxmox-boot-tool refresh`` instead. All loaders:
+``/etc/modules-load.d/vfio.conf``. ``--early ADDRESS...`` (``early``): vfio-pci claims those devices at boot —
+``/etc/modprobe.d/passthru-vfio.conf`` (ids=, softdep), the vfio modules in the initramfs, and its rebuild.
 
 Commands never run through a shell; they go through a :class:`Runner` (tests pass a fake). On a host root other
 than ``/`` (a fixture, a capture, a mounted image) no runner is used unless one is given explicitly: the files in
@@ -27,7 +29,7 @@ that root are written and the commands are reported as skipped, because running 
 machine passthru runs on, not the root's.
 
 The package: ``args`` (options, host facts, the kernel arguments wanted and the pure file editors), ``plan``
-(:func:`make_plan`, :func:`format_plan`), ``state`` (atomic writes, lock, backup sets, the reboot flag) and
+(:func:`make_plan`, :func:`format_plan`), ``early`` (``--early``), ``state`` (atomic writes, lock, backup sets, the reboot flag) and
 ``apply`` (the runner, :func:`apply_plan`, :func:`rollback`, :func:`format_result`). Import from
 ``passthru.prepare``; the submodules are private.
 """
@@ -39,6 +41,7 @@ from .args import (MODULES_FILE, UNSAFE_INTERRUPTS_ARG, HostFacts, PrepareOption
                    edit_grub_default, edit_kernel_cmdline, edit_modules, missing_args, parse_hugepages, read_host_facts,
                    unwanted_kernel_args)
 from .args import HUGE_KEYS, HUGEPAGE_SIZES, LIST_KEYS, VFIO_MODULES  # noqa: F401 - constants, importable as before
+from .early import ALLOW_SHARED_IDS, OVERRIDES, EarlyTarget
 from .plan import FileChange, Plan, format_plan, make_plan
 from .state import REBOOT_FLAG, pending_reboot
 
@@ -46,4 +49,5 @@ __all__ = ["PrepareOptions", "HostFacts", "FileChange", "Plan", "ApplyResult", "
            "read_host_facts", "parse_hugepages", "desired_kernel_args", "unwanted_kernel_args", "edit_args", "edit_grub_default",
            "edit_kernel_cmdline", "edit_modules", "missing_args", "make_plan", "apply_plan", "rollback", "pending_reboot",
            "format_plan", "format_result", "MODULES_FILE", "UNSAFE_INTERRUPTS_ARG", "COMMAND_TIMEOUT",
-           "REBOOT_FLAG"]
+           "REBOOT_FLAG",
+           "EarlyTarget", "ALLOW_SHARED_IDS", "OVERRIDES"]

@@ -12,6 +12,7 @@ from ..config import Paths
 from ..errors import HostError, UsageError
 from ..host.boot import read_text
 from ..host.root import HostRoot
+from .early import REBUILDS
 from .plan import _SCHEMA, Plan, _cmd
 from .state import (_Lock, _backup_sets, _backups_dir, _clear_stale_flag, _encode, _fsync_dir, _new_backup_set,
                     _save_manifest, _sha, _write_atomic, _write_flag)
@@ -201,7 +202,7 @@ def apply_plan(h: HostRoot, plan: Plan, paths: Paths, runner: Runner | None = No
             if rc != 0:
                 message = f"`{_cmd(argv)}` failed (exit {rc}): {last or 'no error output'}"
                 err = fail(message)
-                if ran:  # the menu was partly regenerated from the new files: regenerate from the restored ones
+                if ran or argv[0] in REBUILDS:  # partly regenerated from the new files: again from the restored
                     bad = [c for c in plan.rollback_commands if _run(run_with, c, timeout)[0] != 0]
                     if bad:
                         err = HostError(f"{err}; then `{_cmd(bad[0])}` failed too: run it by hand")

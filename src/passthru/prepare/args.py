@@ -26,6 +26,8 @@ class PrepareOptions:
     gpu: bool = False  # blacklist nouveau so the host does not grab NVIDIA GPUs
     hugepages: tuple[str, int] | None = None  # ("1G", 16): reserve huge pages at boot
     unsafe_interrupts: bool = False  # allow vfio without interrupt remapping even when the host has it
+    early: tuple[str, ...] = ()  # PCI addresses vfio-pci claims at boot (prepare/early.py)
+    overrides: frozenset[str] = frozenset()  # risks accepted for --early: --allow-shared-ids, --force-netdev...
 
 
 @dataclass(frozen=True)

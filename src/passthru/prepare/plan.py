@@ -18,6 +18,11 @@ from .args import (HUGE_KEYS, HUGEPAGE_SIZES, LIST_KEYS, MODULES_FILE, UNSAFE_IN
                    PrepareOptions, _CannotEdit, _satisfied, _value, desired_kernel_args, edit_args, edit_grub_default,
                    edit_kernel_cmdline, edit_modules, unwanted_kernel_args)
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..host.initramfs import InitramfsInfo
+    from .early import EarlyTarget
+
 _SCHEMA = 1  # of the JSON documents (the plan here, the apply/rollback result and backup manifest in apply.py)
 
 
@@ -61,6 +66,8 @@ class Plan:
     backup_extra: list[str] = field(default_factory=list)  # host paths the commands change (BLS entries)
     notes: list[str] = field(default_factory=list)  # facts worth knowing
     manual: list[str] = field(default_factory=list)  # what passthru cannot do here: steps for the operator
+    early: EarlyTarget | None = None  # --early: the devices vfio-pci claims at boot (early.py)
+    initramfs: InitramfsInfo | None = None  # --early: the tool that builds the initramfs
 
     @property
     def loader(self) -> str | None:
@@ -78,11 +85,14 @@ class Plan:
                       "kernel_version": list(self.facts.kernel_version) if self.facts.kernel_version else None},
             "options": {"gpu": self.options.gpu, "unsafe_interrupts": self.options.unsafe_interrupts,
                         "hugepages": (f"{self.options.hugepages[0]}:{self.options.hugepages[1]}"
-                                      if self.options.hugepages else None)},
+                                      if self.options.hugepages else None),
+                        "early": list(self.options.early), "overrides": sorted(self.options.overrides)},
             "kernel_args": list(self.args),
             "changes": [{"path": c.path, "created": c.created, "diff": c.diff} for c in self.changes],
             "commands": [list(c) for c in self.commands],
             "notes": list(self.notes), "manual": list(self.manual),
+            "early": (None if self.early is None else
+                      {**self.early.to_json(), "initramfs": self.initramfs.to_json() if self.initramfs else None}),
         }
 
 
@@ -127,8 +137,12 @@ def _seed_cmdline(h: HostRoot) -> str | None:
 
 def make_plan(h: HostRoot, facts: HostFacts, opts: PrepareOptions) -> Plan:
     """What ``passthru prepare`` would change on this host. Reads only; bad options (and huge pages beyond the
-    host's memory) raise UsageError before the boot configuration is even read."""
-    args = desired_kernel_args(facts, opts)
+    host's memory) raise UsageError before the boot configuration is even read; so do ``--early`` devices that
+    cannot be claimed at boot safely (early.py)."""
+    from .early import add_early, resolve_early
+
+    early = resolve_early(h, opts) if opts.early else None
+    args = desired_kernel_args(facts, opts) + (early.kernel_args if early else [])
     remove = unwanted_kernel_args(facts, opts)
     notes: list[str] = []
     manual: list[str] = []
@@ -247,9 +261,10 @@ def make_plan(h: HostRoot, facts: HostFacts, opts: PrepareOptions) -> Plan:
             changes.append(_change(MODULES_FILE, old, new))
     if facts.kernel_version is None:
         notes.append("kernel version unknown: vfio_virqfd (a separate module before Linux 6.2) is left as it is")
+    initramfs = add_early(h, boot, facts, early, changes, commands, rollback_cmds, notes, manual) if early else None
     return Plan(boot=boot, facts=facts, options=opts, args=args, changes=changes, commands=commands,
                 rollback_commands=rollback_cmds, backup_extra=extra, notes=list(dict.fromkeys(notes)),
-                manual=list(dict.fromkeys(manual)))
+                manual=list(dict.fromkeys(manual)), early=early, initramfs=initramfs)
 
 
 def _grub_notes(h: HostRoot, args: list[str], remove: list[str], manual: list[str]) -> None:
@@ -349,6 +364,12 @@ def format_plan(plan: Plan) -> str:
     distro = (b.distro_id or "unknown distribution") + (f" ({b.family} family)" if b.family else "")
     out = [f"Boot loader: {b.loader or 'unknown'} - {b.reason}; {distro}, {'UEFI' if b.efi else 'BIOS'}",
            f"Kernel arguments: {' '.join(plan.args)}"]
+    if plan.early:
+        e, tool = plan.early, plan.initramfs
+        out.append(f"Early binding: {' '.join(e.devices)} -> vfio-pci ids={','.join(e.ids)}"
+                   + (f"; softdep {' '.join(e.softdeps)} pre: vfio-pci" if e.softdeps else ""))
+        if tool:
+            out.append(f"Initramfs: {tool.tool or 'unknown'} - {tool.reason}")
     if plan.changes:
         out.append(f"\nFiles to change ({len(plan.changes)}):")
         out += [c.diff.rstrip("\n") for c in plan.changes]
