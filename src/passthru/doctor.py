@@ -7,8 +7,9 @@ Host checks: CPU virtualization and vendor; IOMMU in firmware (ACPI DMAR/IVRS, k
 groups); kernel arguments for this vendor in /proc/cmdline; boot configuration (grub, BLS entry,
 /etc/kernel/cmdline) or a ``prepare --apply`` of this boot not yet in effect (reboot needed); interrupt remapping (and whether
 allow_unsafe_interrupts is needed or only weakens isolation); vfio modules loaded and configured for boot
-(vfio_virqfd only before 6.2); hugepages; locked-memory limit; host graphics drivers. Device checks, for each
-DEVICE given: present, bound driver, IOMMU group viability with the offending mates named, boot VGA.
+(vfio_virqfd only before 6.2); early binding in the initramfs and on its devices (doctor_initramfs.py); hugepages;
+locked-memory limit; host graphics drivers. Device checks, for each DEVICE given: present, bound driver, IOMMU
+group viability with the offending mates named, boot VGA.
 """
 
 from __future__ import annotations
@@ -408,6 +409,9 @@ def run_doctor(h: HostRoot, devices: list[Device] | None = None, inv: Inventory 
     _check_reboot(r, facts, paths)
     _check_irq_remapping(r, facts)
     _check_modules(r, facts)
+    from .doctor_initramfs import early_findings
+
+    r.findings.extend(early_findings(h))
     _check_hugepages(r, facts)
     _check_memlock(r, facts)
     _check_host_gpu_drivers(r, facts, devices or [])
