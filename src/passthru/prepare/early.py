@@ -90,14 +90,9 @@ def _matches(entry: str, fn: PciFunction) -> bool:
     return all(have[i] == p for i, p in enumerate(parts))
 
 
-def _refuse(problems: list[str], fixes: list[str]) -> UsageError:
-    return UsageError(f"refusing --early: {'; '.join(problems)}. At boot vfio-pci would take these from the host: "
-                      + "; ".join(dict.fromkeys(fixes)))
-
-
-def resolve_early(h: HostRoot, opts: PrepareOptions) -> EarlyTarget:
-    """The devices, ids and softdeps of ``opts.early``; reads sysfs and the kernel's module lists only. Bad
-    input and the refusals above raise UsageError / NotFoundError (exit 2)."""
+def _named(h: HostRoot, opts: PrepareOptions) -> tuple[list[PciFunction], list[PciFunction]]:
+    """(the named functions in the order given, every other function); bad or absent addresses, bridges and VFs
+    raise."""
     named: list[str] = []
     for text in opts.early:
         try:
@@ -117,36 +112,30 @@ def resolve_early(h: HostRoot, opts: PrepareOptions) -> EarlyTarget:
         if fns[a].is_vf:
             raise UsageError(f"--early {a}: an SR-IOV VF, which exists only after its PF makes it; bind it then "
                              f"with `passthru bind {a}`")
-    chosen = [fns[a] for a in named]
-    others = [f for f in fns.values() if f.address not in named]
-    ids = list(dict.fromkeys(_id_of(fn, others) for fn in chosen))
-    notes: list[str] = []
-    for fn in chosen:
-        entry = next(i for i in ids if _matches(i, fn))
-        if entry.count(":") == 3:
-            notes.append(f"{fn.address} shares {fn.ids} with another device: ids={entry} adds its subsystem IDs so "
-                         "vfio-pci takes only cards like it")
-    claimed = [o for o in others if not o.is_bridge and any(_matches(i, o) for i in ids)]
+    return [fns[a] for a in named], [f for f in fns.values() if f.address not in named]
+
+
+def _judge(h: HostRoot, opts: PrepareOptions, chosen: list[PciFunction], claimed: list[PciFunction],
+           ids: list[str], notes: list[str]) -> list[dict]:
+    """What the host would lose: raises the refusal (see the module docstring), else returns the ``claimed``
+    records and adds the notes."""
     uses = host_uses(h, [f.address for f in chosen + claimed if not is_vfio_driver(f.driver)])
     problems: list[str] = []
     fixes: list[str] = []
     for fn in chosen:
         for u in uses.get(fn.address, []):
-            if u.override is None:
+            if u.override is None or u.override not in opts.overrides:
                 problems.append(f"{fn.address}: {u.detail}")
-                fixes.append("stop that use first, or name another device")
-            elif u.override not in opts.overrides:
-                problems.append(f"{fn.address}: {u.detail}")
-                fixes.append(f"pass {u.override} if the host can lose it")
+                fixes.append("stop that use first, or name another device" if u.override is None else
+                             f"pass {u.override} if the host can lose it")
     shared = []
     taking: dict[str, list[str]] = {}  # ids entry -> functions on host drivers it would take
     for o in claimed:
-        detail = "; ".join(u.detail for u in uses.get(o.address, []))
+        details = [u.detail for u in uses.get(o.address, [])]
         entry = next(i for i in ids if _matches(i, o))
-        shared.append({"address": o.address, "ids": entry, "driver": o.driver,
-                       "uses": [u.detail for u in uses.get(o.address, [])]})
+        shared.append({"address": o.address, "ids": entry, "driver": o.driver, "uses": details})
         if o.driver and not is_vfio_driver(o.driver) and ALLOW_SHARED_IDS not in opts.overrides:
-            taking.setdefault(entry, []).append(f"{o.address} ({o.driver}{'; ' + detail if detail else ''})")
+            taking.setdefault(entry, []).append(f"{o.address} ({'; '.join([o.driver] + details)})")
         else:
             notes.append(f"vfio-pci will also take {o.address} ({o.driver or 'no driver'}) at boot: it has the "
                          f"same IDs ({entry})")
@@ -155,10 +144,16 @@ def resolve_early(h: HostRoot, opts: PrepareOptions) -> EarlyTarget:
         fixes.append(f"name {'it' if len(names) == 1 else 'them'} too if meant for VMs, or pass {ALLOW_SHARED_IDS} "
                      "if the host can lose them (vfio-pci matches IDs, not addresses)")
     if problems:
-        raise _refuse(problems, fixes)
-    release = read_kernel(h).release
+        raise UsageError(f"refusing --early: {'; '.join(problems)}. At boot vfio-pci would take these from the "
+                         f"host: {'; '.join(dict.fromkeys(fixes))}")
+    return shared
+
+
+def _softdeps(h: HostRoot, chosen: list[PciFunction], release: str | None, notes: list[str]) -> list[str]:
+    """The modules that would drive the named functions: the bound driver's module and what modules.alias
+    matches (udev's choice), vfio's own left out."""
     aliases = alias_modules(h, release, [pci_modalias(h, fn) for fn in chosen])
-    softdeps: set[str] = set()
+    out: set[str] = set()
     for fn in chosen:
         mods: set[str] = set(aliases.get(pci_modalias(h, fn), [])) if aliases else set()
         if fn.driver and not is_vfio_driver(fn.driver):
@@ -173,21 +168,36 @@ def resolve_early(h: HostRoot, opts: PrepareOptions) -> EarlyTarget:
             notes.append(f"{fn.address}: no host driver known for it ({'on ' + fn.driver if fn.driver else 'no driver'}"
                          f"{'' if aliases is not None else ', no readable modules.alias'}); ids= alone claims it "
                          "whenever vfio-pci loads before a driver does")
-        softdeps |= mods
+        out |= mods
+    return sorted(out)
+
+
+def resolve_early(h: HostRoot, opts: PrepareOptions) -> EarlyTarget:
+    """The devices, ids and softdeps of ``opts.early``; reads sysfs and the kernel's module lists only. Bad
+    input and the refusals above raise UsageError / NotFoundError (exit 2)."""
+    chosen, others = _named(h, opts)
+    ids = list(dict.fromkeys(_id_of(fn, others) for fn in chosen))
+    notes: list[str] = []
+    for fn in chosen:
+        entry = next(i for i in ids if _matches(i, fn))
+        if entry.count(":") == 3:
+            kin = [o.address for o in others if (o.vendor_id, o.device_id) == (fn.vendor_id, fn.device_id)]
+            notes.append(f"{fn.address} shares {fn.ids} with {', '.join(kin)}: ids={entry} adds its subsystem IDs so "
+                         "vfio-pci takes only cards like it")
+    claimed = [o for o in others if not o.is_bridge and any(_matches(i, o) for i in ids)]
+    shared = _judge(h, opts, chosen, claimed, ids, notes)
+    release = read_kernel(h).release
+    softdeps = _softdeps(h, chosen, release, notes)
     builtin = builtin_modules(h, release)
-    builtin_vfio = builtin is not None and "vfio_pci" in builtin
-    mates = {}
     taken = {o.address for o in claimed}
     for fn in chosen:
         for o in others:
-            if o.iommu_group is not None and o.iommu_group == fn.iommu_group and not o.is_bridge \
+            if fn.iommu_group is not None and o.iommu_group == fn.iommu_group and not o.is_bridge \
                     and not is_vfio_driver(o.driver) and o.address not in taken:
-                mates[o.address] = (fn.iommu_group, o.driver)
-    for a, (group, driver) in mates.items():
-        notes.append(f"IOMMU group {group} also holds {a} ({driver or 'no driver'}): name it too, or the group is "
-                     "not viable for a VM after boot")
-    return EarlyTarget(tuple(named), tuple(ids), tuple(sorted(softdeps)), tuple(shared), builtin_vfio,
-                       tuple(dict.fromkeys(notes)))
+                notes.append(f"IOMMU group {fn.iommu_group} also holds {o.address} ({o.driver or 'no driver'}): "
+                             "name it too, or the group is not viable for a VM after boot")
+    return EarlyTarget(tuple(f.address for f in chosen), tuple(ids), tuple(softdeps), tuple(shared),
+                       builtin is not None and "vfio_pci" in builtin, tuple(dict.fromkeys(notes)))
 
 
 # -- the files ---------------------------------------------------------------------------------------------------
