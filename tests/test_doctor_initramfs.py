@@ -230,3 +230,16 @@ def test_doctor_cli_reports_both_checks(tmp_path):
                        capture_output=True, text=True, timeout=120)
     checks = {c["id"]: c for c in json.loads(p.stdout)["checks"]}
     assert checks["boot.initramfs"]["status"] == "skip" and checks["vfio.early"]["device"] == "0000:01:00.1"
+
+
+def test_boot_reboot_sees_vfio_pci_ids_waiting_on_the_command_line(tmp_path):
+    """vfio-pci built in: prepare --early puts vfio-pci.ids= on the kernel command line; until the reboot the
+    running kernel lacks it, and boot.reboot says so."""
+    from passthru.doctor import run_doctor
+
+    root = boot_host(tmp_path, "debian", kernel=K61, grub=PREPARED_GRUB, pci=workstation, vfio_builtin=True)
+    h = HostRoot(root)
+    plan = make_plan(h, HostFacts("intel", (6, 1), True), PrepareOptions(early=("0000:01:00.0", "0000:01:00.1")))
+    apply_plan(h, plan, Paths.for_root(h), FakeRunner())
+    (f,) = [f for f in run_doctor(h).findings if f.id == "boot.reboot"]
+    assert f.status == WARN and "vfio-pci.ids=10de:1b06:10de:120f,10de:10ef" in f.evidence

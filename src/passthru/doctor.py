@@ -158,7 +158,7 @@ def _check_cmdline(r: Report, f: _Facts) -> None:
 
 # Kernel arguments passthru manages or that decide passthrough; a difference in any other argument is not ours.
 MANAGED_ARGS = frozenset({"intel_iommu", "amd_iommu", "iommu", UNSAFE_IRQ, "rdblacklist", "modprobe.blacklist",
-                          "nouveau.modeset", "default_hugepagesz", "hugepagesz", "hugepages"})
+                          "nouveau.modeset", "default_hugepagesz", "hugepagesz", "hugepages", "vfio_pci.ids"})
 
 
 def _check_reboot(r: Report, f: _Facts, paths: Paths | None) -> None:
