@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from .config import Paths
 from .discovery import Device, Inventory, discover
+from .findings import FAIL, PASS, SKIP, WARN, Finding  # re-exported: doctor's callers name them here
 from .host.boot import arg_key, configured_args, read_boot
 from .host.cpu import CpuInfo, read_cpu
 from .host.iommu import group_verdict, is_vfio_driver, platform_vendor
@@ -29,20 +30,9 @@ from .host.root import HostRoot
 
 __all__ = ["Finding", "Report", "run_doctor", "PASS", "WARN", "FAIL", "SKIP", "VFIO_MODULES"]
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci")
 HOST_GPU_DRIVERS = frozenset({"nouveau", "nvidia", "amdgpu", "radeon", "i915", "xe", "snd_hda_intel"})
 UNSAFE_IRQ = "vfio_iommu_type1.allow_unsafe_interrupts"
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    id: str
-    title: str
-    status: str
-    evidence: str
-    fix: str | None = None
-    device: str | None = None
 
 
 @dataclass(slots=True)

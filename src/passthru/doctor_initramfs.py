@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 
-from .doctor import FAIL, PASS, SKIP, WARN, Finding
+from .findings import FAIL, PASS, SKIP, WARN, Finding
 from .host.boot import read_boot
 from .host.cpio import BadArchive, Unsupported, read_initramfs as read_cpio
 from .host.initramfs import (DRACUT_CONF, EARLY_FILE, ITOOLS_MODULES, EarlyConfig, InitramfsInfo, kernel_images,

@@ -95,13 +95,13 @@ def read_bars(h: HostRoot, address: str) -> tuple[list[Bar], Bar | None]:
 
 
 def _finding(*a: object, **kw: object):
-    from ..doctor import Finding
+    from ..findings import Finding
 
     return Finding(*a, **kw)  # type: ignore[arg-type]
 
 
 def _large_bar(h: HostRoot, dev: Device) -> object:
-    from ..doctor import FAIL, PASS, WARN
+    from ..findings import FAIL, PASS, WARN
     from ..vm.attachment import Attachment
     from ..vm.qemu import HOLE64_DEFAULT, mmio64_window
 
@@ -156,7 +156,7 @@ def _describe(f: PciFunction) -> str:
 
 
 def _companions(h: HostRoot, dev: Device) -> object:
-    from ..doctor import PASS, SKIP, WARN
+    from ..findings import PASS, SKIP, WARN
 
     title = "Companion functions travel together"
     fn = dev.fact
@@ -190,7 +190,7 @@ def _companions(h: HostRoot, dev: Device) -> object:
 
 
 def _rom(h: HostRoot, dev: Device) -> object | None:
-    from ..doctor import PASS, WARN
+    from ..findings import PASS, WARN
 
     fn = dev.fact
     if dev.role != "display" or not isinstance(fn, PciFunction) or fn.boot_vga:

@@ -696,7 +696,7 @@ def sriov_findings(h: HostRoot, pf_text: str | None = None, *, devlink: Devlink 
     ``sriov.representors`` (one per VF in switchdev mode, by phys_port_name) and ``sriov.ovs_offload`` (Open
     vSwitch hw-offload when a PF is in switchdev mode). Read-only. devlink and ovs-vsctl run only on the live host
     (or when given)."""
-    from ..doctor import FAIL, PASS, SKIP, WARN, Finding
+    from ..findings import FAIL, PASS, SKIP, WARN, Finding
 
     states = [read_pf(h, p) for p in ([resolve_pf(h, pf_text)] if pf_text else sriov_pfs(h))]
     states = [s for s in states if s.numvfs]

@@ -45,7 +45,7 @@ class NvmeKind(DeviceKind):
     hotpluggable = True
 
     def checks(self, h: HostRoot, device: Device) -> list:
-        from ..doctor import FAIL, PASS, Finding
+        from ..findings import FAIL, PASS, Finding
         from ..host.usage import host_uses
 
         fn = device.fact

@@ -81,7 +81,7 @@ class SerialKind(DeviceKind):
     hotpluggable = True
 
     def checks(self, h: HostRoot, device: Device) -> list:
-        from ..doctor import FAIL, PASS, SKIP, Finding
+        from ..findings import FAIL, PASS, SKIP, Finding
 
         port = device.fact
         if device.bus != "serial" or not isinstance(port, SerialPort):

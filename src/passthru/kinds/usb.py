@@ -93,7 +93,7 @@ class UsbKind(DeviceKind):
     hotpluggable = True
 
     def checks(self, h: HostRoot, device: Device) -> list:
-        from ..doctor import PASS, WARN, Finding
+        from ..findings import PASS, WARN, Finding
 
         u = device.fact
         if device.bus != "usb" or not isinstance(u, UsbDevice):

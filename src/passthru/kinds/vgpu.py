@@ -277,7 +277,7 @@ class VgpuKind(DeviceKind):
 
     def checks(self, h: Any, device: Any) -> list[Any]:
         """A GPU that offers vGPU types but has no capacity left, and an NVIDIA vGPU VF with no type set."""
-        from ..doctor import PASS, WARN, Finding
+        from ..findings import PASS, WARN, Finding
 
         fn = getattr(device, "fact", device)
         addr = getattr(fn, "address", None)

@@ -40,7 +40,7 @@ from ..host.pci import PciFunction, normalize_address, scan_pci
 from ..host.root import HostRoot
 from ..host.usage import ALLOW_BOOT_VGA, FORCE_NETDEV, host_uses
 from .args import VFIO_MODULES, HostFacts, PrepareOptions, edit_modules
-from .plan import FileChange, _change, _editable
+from .files import FileChange, change, editable
 
 ALLOW_SHARED_IDS = "--allow-shared-ids"
 OVERRIDES = (ALLOW_SHARED_IDS, FORCE_NETDEV, ALLOW_BOOT_VGA)
@@ -245,14 +245,14 @@ def add_early(h: HostRoot, boot: BootInfo, facts: HostFacts, target: EarlyTarget
     ours: list[str] = []
 
     def write(path: str, new: str, what: str) -> None:
-        why = _editable(h, path)
+        why = editable(h, path)
         if why:
             manual.append(f"{why}: {what} by hand")
             return
         old = read_text(h, path)
         ours.append(path)
         if old != new:
-            changes.append(_change(path, old, new))
+            changes.append(change(path, old, new))
 
     write(EARLY_FILE, early_text(target, release), f"write its early-binding lines ({EARLY_FILE})")
     for path, value in vfio_ids_options(h).items():
@@ -273,7 +273,7 @@ def add_early(h: HostRoot, boot: BootInfo, facts: HostFacts, target: EarlyTarget
                       "/etc/mkinitcpio.conf, then mkinitcpio -P)")
         return info
     if info.tool == "initramfs-tools":
-        why = _editable(h, ITOOLS_MODULES)
+        why = editable(h, ITOOLS_MODULES)
         if why:
             manual.append(f"{why}: list {', '.join(_modules(facts))} in it by hand")
         else:
@@ -281,7 +281,7 @@ def add_early(h: HostRoot, boot: BootInfo, facts: HostFacts, target: EarlyTarget
             new = edit_modules(old, facts.kernel_version)
             ours.append(ITOOLS_MODULES)
             if new != old:
-                changes.append(_change(ITOOLS_MODULES, old, new))
+                changes.append(change(ITOOLS_MODULES, old, new))
     else:
         write(DRACUT_CONF, dracut_text(facts), f"add force_drivers+=\" {' '.join(_modules(facts))} \"")
     rebuild = any(c.path in ours for c in changes)

@@ -4,7 +4,6 @@ operator — and the dry run as text (:func:`format_plan`)."""
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from ..host.boot import (GRUB_DEFAULT, GRUBENV, KERNEL_CMDLINE, BootInfo, arg_ke
                          find_grub_var, grub_d_overrides, grub_var_args, read_boot, read_proc_cmdline, read_text,
                          split_args)
 from ..host.root import HostRoot
+from .files import FileChange, change, editable
 from .args import (HUGE_KEYS, HUGEPAGE_SIZES, LIST_KEYS, MODULES_FILE, UNSAFE_INTERRUPTS_ARG, VFIO_MODULES, HostFacts,
                    PrepareOptions, _CannotEdit, _satisfied, _value, desired_kernel_args, edit_args, edit_grub_default,
                    edit_kernel_cmdline, edit_modules, unwanted_kernel_args)
@@ -27,33 +27,6 @@ _SCHEMA = 1  # of the JSON documents (the plan here, the apply/rollback result a
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------
-def _diff(path: str, old: str | None, new: str | None) -> str:
-    a = [] if old is None else old.splitlines(keepends=True)
-    b = [] if new is None else new.splitlines(keepends=True)
-    out = []
-    for line in difflib.unified_diff(a, b, "/dev/null" if old is None else path,
-                                     "/dev/null" if new is None else path):
-        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
-    return "".join(out)
-
-
-@dataclass(frozen=True)
-class FileChange:
-    path: str  # host path ("/etc/default/grub")
-    old: str | None  # None: the file does not exist and will be created
-    new: str
-    diff: str
-    restore_as: str | None = None  # for a created file: rollback writes this instead of removing it
-
-    @property
-    def created(self) -> bool:
-        return self.old is None
-
-
-def _change(path: str, old: str | None, new: str, restore_as: str | None = None) -> FileChange:
-    return FileChange(path, old, new, _diff(path, old, new), restore_as)
-
-
 @dataclass(frozen=True)
 class Plan:
     boot: BootInfo
@@ -104,16 +77,6 @@ def _mem_total(h: HostRoot) -> int | None:
 
 def _gib(n: float) -> str:
     return f"{n / (1 << 30):.1f} GiB"
-
-
-def _editable(h: HostRoot, path: str) -> str | None:
-    """Why passthru will not rewrite ``path`` (a symlink or not a regular file), or None."""
-    p = h.path(path)
-    if os.path.islink(p):
-        return f"{path} is a symbolic link; passthru rewrites regular files only"
-    if os.path.exists(p) and not os.path.isfile(p):
-        return f"{path} is not a regular file"
-    return None
 
 
 def _grub_cfg_stale(h: HostRoot, cfg: str | None, ours: list[str]) -> bool:
@@ -176,7 +139,7 @@ def make_plan(h: HostRoot, facts: HostFacts, opts: PrepareOptions) -> Plan:
     def sync_file(path: str, editor, label: str) -> bool:
         """Edit one config file (a FileChange when it differs); False when it cannot be edited (``manual`` says
         what to do instead)."""
-        why = _editable(h, path)
+        why = editable(h, path)
         text = read_text(h, path)
         if why or text is None:
             manual.append(f"{why or f'{path} is unreadable'}: add {need_args} to {label} by hand")
@@ -187,7 +150,7 @@ def make_plan(h: HostRoot, facts: HostFacts, opts: PrepareOptions) -> Plan:
             manual.append(f"{path}: {e}; add {need_args} to {label} by hand")
             return False
         if new != text:
-            changes.append(_change(path, text, new))
+            changes.append(change(path, text, new))
         return True
 
     def regenerate() -> None:
@@ -197,9 +160,9 @@ def make_plan(h: HostRoot, facts: HostFacts, opts: PrepareOptions) -> Plan:
 
     if boot.loader == "grub":
         if sync_file(GRUB_DEFAULT, edit_grub_default, "GRUB_CMDLINE_LINUX"):
-            change = next((c for c in changes if c.path == GRUB_DEFAULT), None)
-            edited = change is not None
-            text = change.new if change else read_text(h, GRUB_DEFAULT) or ""
+            edit = next((c for c in changes if c.path == GRUB_DEFAULT), None)
+            edited = edit is not None
+            text = edit.new if edit else read_text(h, GRUB_DEFAULT) or ""
             keys = {arg_key(a) for a in args}
             ours = [t for t in grub_var_args(text, "GRUB_CMDLINE_LINUX") or [] if arg_key(t) in keys]
             stale = not edited and _grub_cfg_stale(h, boot.grub_cfg, ours)
@@ -234,7 +197,7 @@ def make_plan(h: HostRoot, facts: HostFacts, opts: PrepareOptions) -> Plan:
                 manual.append(f"/proc/cmdline is unreadable: write {KERNEL_CMDLINE} with your kernel arguments "
                               f"plus {need_args}")
             else:
-                changes.append(_change(KERNEL_CMDLINE, None, edit_kernel_cmdline(seed, args, remove),
+                changes.append(change(KERNEL_CMDLINE, None, edit_kernel_cmdline(seed, args, remove),
                                        restore_as=seed))
                 notes.append(f"{KERNEL_CMDLINE} is created from the running command line (what kernel-install "
                              "uses without it)")
@@ -251,14 +214,14 @@ def make_plan(h: HostRoot, facts: HostFacts, opts: PrepareOptions) -> Plan:
         notes.append(f"{UNSAFE_INTERRUPTS_ARG} is removed: interrupt remapping works, so it would only weaken "
                      "isolation (keep it with --unsafe-interrupts)")
 
-    why = _editable(h, MODULES_FILE)
+    why = editable(h, MODULES_FILE)
     if why:
         manual.append(f"{why}: make sure it lists {', '.join(VFIO_MODULES)}")
     else:
         old = read_text(h, MODULES_FILE)
         new = edit_modules(old, facts.kernel_version)
         if new != old:
-            changes.append(_change(MODULES_FILE, old, new))
+            changes.append(change(MODULES_FILE, old, new))
     if facts.kernel_version is None:
         notes.append("kernel version unknown: vfio_virqfd (a separate module before Linux 6.2) is left as it is")
     initramfs = add_early(h, boot, facts, early, changes, commands, rollback_cmds, notes, manual) if early else None
