@@ -29,7 +29,7 @@ set -e
 for d in /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt /run; do
     mkdir -p "$d"; mount -t tmpfs -o mode=0755 tmpfs "$d"
 done
-mkdir -p /etc/libvirt/hooks /run/libvirt
+mkdir -p /etc/libvirt/hooks /run/libvirt /var/log/libvirt/qemu /var/lib/libvirt/qemu /var/cache/libvirt/qemu
 cp "$1/qemu.conf" /etc/libvirt/qemu.conf
 if [ -f "$1/hook" ]; then cp "$1/hook" /etc/libvirt/hooks/qemu; chmod 0755 /etc/libvirt/hooks/qemu; fi
 exec {libvirtd} --config "$1/libvirtd.conf" --pid-file "$1/libvirtd.pid"
@@ -70,6 +70,7 @@ class Libvirtd:
         self.hook = hook
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
+        self.timings: list[tuple[str, float]] = []  # (virsh verb, seconds)
 
     def __enter__(self) -> "Libvirtd":
         self.start()
@@ -107,8 +108,11 @@ class Libvirtd:
         return text
 
     def virsh(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(["virsh", "-c", self.uri, *args], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout)
+        t0 = time.monotonic()
+        r = subprocess.run(["virsh", "-c", self.uri, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=timeout)
+        self.timings.append((args[0], round(time.monotonic() - t0, 2)))
+        return r
 
     def stop(self) -> None:
         if self.proc is None:
