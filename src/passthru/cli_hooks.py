@@ -120,7 +120,10 @@ def libvirt(
     from .service.lifecycle import libvirt_hook
 
     c: _Ctx = ctx.obj
-    xml = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read(16 << 20)
+    try:
+        xml = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read(16 << 20)
+    except (OSError, ValueError, UnicodeDecodeError):  # closed, unreadable or not text: no domain XML
+        xml = ""
     if len(args) > 1 and args[1] in ("prepare", "release") and not xml.strip():
         raise UsageError("no domain XML on stdin: libvirt gives the hook the domain's XML there")
     _bounded(timeout)
@@ -151,6 +154,10 @@ def proxmox(
     _bounded(timeout)
     try:
         res = proxmox_hook(c, vmid, phase)
+    except PassthruError as e:  # the task log shows this line
+        err = PassthruError(f"VM {vmid} {'not started' if phase == 'pre-start' else phase}: {e}")
+        err.exit_code = e.exit_code
+        raise err from None
     finally:
         signal.alarm(0)
     if not as_json and res.action != "none":

@@ -123,6 +123,9 @@ def _write(path: str, text: str, mode: int) -> str:
 
 def targets(s: Session, which: str, snippets: str = SNIPPETS) -> list[str]:
     h = s.host
+    if not snippets.startswith("/") or "\0" in snippets or ".." in snippets.split("/"):
+        raise UsageError(f"--snippets {snippets!r}: give the absolute path of a storage's snippets directory "
+                         "(e.g. /var/lib/vz/snippets)")
     if which == "libvirt":
         return [h.path(LIBVIRT_HOOK), h.path(LIBVIRT_HOOK_D)]
     return [h.path(os.path.join(snippets, PROXMOX_NAME))]
