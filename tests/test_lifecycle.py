@@ -78,6 +78,18 @@ def test_prepare_binds_unmanaged_records_managed_and_release_gives_back(host):
     assert libvirt_hook(s, ["vm1", "release", "end", "-"], xml, kernel=k).devices == []  # nothing held: no-op
 
 
+def test_reconcile_and_qemu_args_leave_managed_devices_to_the_vm_manager(host):
+    from passthru.inventory.service import vm_attachments
+    from passthru.service.reconcile import reconcile
+
+    s, k = host
+    libvirt_hook(s, ["vm1", "prepare", "begin", "-"], domain(hostdev("0000:87:00.0", "yes")), kernel=k)
+    doc = reconcile(s, kernel=k)
+    assert doc["ok"] and doc["inventory"]["assignments"] == [], doc
+    assert driver(s, "0000:87:00.0") == "nouveau", "not taken over: libvirt binds it when the domain starts"
+    assert [a.functions for a in vm_attachments(s, "vm1")] == [("0000:87:00.0", "0000:87:00.1")]
+
+
 def test_refusals_stop_the_start_and_leave_nothing(host):
     s, k = host
     libvirt_hook(s, ["a", "prepare", "begin", "-"], domain(hostdev("0000:19:00.0"), name="a"), kernel=k)
