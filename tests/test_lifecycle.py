@@ -262,3 +262,15 @@ def test_proxmox_cli_prints_for_the_task_log(host, tmp_path):
     p = subprocess.run([sys.executable, "-m", "passthru", "hooks", "proxmox", "100", "post-stop"],
                        capture_output=True, text=True, env=env, timeout=60)
     assert p.stdout == "passthru: pve-100: released pci:0000:19:00.0, pci:0000:19:00.1\n"
+
+
+def test_hook_entry_points_refuse_bad_calls_in_one_line(host, capsys):
+    from passthru.cli import main
+
+    s, _ = host
+    for argv in (["hooks", "libvirt", "vm1"], ["hooks", "libvirt", "vm1", "prepare", "begin", "-"],
+                 ["hooks", "proxmox", "100", "resume"], ["hooks", "install"],
+                 ["hooks", "install", "--proxmox", "--snippets", "snippets"]):
+        assert main(["--root", s.host.base, *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("passthru: ") and err.count("\n") == 1, (argv, err)

@@ -124,7 +124,9 @@ def libvirt(
         xml = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read(16 << 20)
     except (OSError, ValueError, UnicodeDecodeError):  # closed, unreadable or not text: no domain XML
         xml = ""
-    if len(args) > 1 and args[1] in ("prepare", "release") and not xml.strip():
+    if len(args) < 2:
+        raise UsageError("libvirt runs the hook as: qemu DOMAIN OPERATION SUB-OPERATION EXTRA")
+    if args[1] in ("prepare", "release") and not xml.strip():
         raise UsageError("no domain XML on stdin: libvirt gives the hook the domain's XML there")
     _bounded(timeout)
     try:

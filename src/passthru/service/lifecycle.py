@@ -67,20 +67,6 @@ def _usb_by_devnum(s: Session, spec: str) -> str:
                         "name the device by vendor and product in the domain)")
 
 
-def _pick(s: Session, vm: str, dev: HostDevice) -> str:
-    """The spec to assign: ``dev.spec``, or the first of its alternatives no other VM holds (a Proxmox mapping with
-    several paths: Proxmox takes the first available one)."""
-    if dev.spec.startswith("usb-dev:"):
-        return _usb_by_devnum(s, dev.spec)
-    if not dev.alternatives:
-        return dev.spec
-    holders = {d["identity"]: d["vm"] for d in open_store(s).devices() if d.get("vm")}
-    for spec in (dev.spec, *dev.alternatives):
-        if holders.get(f"pci:{normalize_address(spec)}") in (None, vm):
-            return spec
-    return dev.spec  # all held: assign names the holder
-
-
 def vm_starting(s: Session, vm: str, devices: list[HostDevice], *, vm_uuid: str | None = None,
                 kernel: object | None = None) -> AssignResult | None:
     """See the module docstring. None when the VM names no host device."""
@@ -89,7 +75,7 @@ def vm_starting(s: Session, vm: str, devices: list[HostDevice], *, vm_uuid: str 
     specs: list[str] = []
     keep: list[str] = []
     for dev in devices:
-        spec = _pick(s, vm, dev)
+        spec = _usb_by_devnum(s, dev.spec) if dev.spec.startswith("usb-dev:") else dev.spec
         if spec not in specs:
             specs.append(spec)
         if dev.managed and not spec.startswith(("usb:", "mdev:")):

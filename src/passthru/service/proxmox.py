@@ -17,6 +17,7 @@ import os
 
 from ..commands import Session
 from ..errors import NotFoundError, UsageError
+from ..inventory.service import open_store
 from ..vm.domain import HostDevice
 from ..vm.proxmox import ProxmoxVm, mdev_uuid, parse_pci_mappings, parse_vm_config
 from .lifecycle import HookResult, proxmox_vm_name, vm_starting, vm_stopped
@@ -49,7 +50,17 @@ def _functions(s: Session, pci: str) -> list[str]:
     return fns
 
 
-def _devices(s: Session, vm: ProxmoxVm) -> list[HostDevice]:
+def _first_free(s: Session, vm_name: str, paths: list[str]) -> str:
+    """The first of a mapping's paths whose functions no other VM holds (all held: the first, and assign names the
+    holder)."""
+    holders = {d["identity"]: d.get("vm") for d in open_store(s).devices()}
+    for path in paths:
+        if all(holders.get(f"pci:{fn}") in (None, vm_name) for fn in _functions(s, path)):
+            return path
+    return paths[0]
+
+
+def _devices(s: Session, vm: ProxmoxVm, vm_name: str) -> list[HostDevice]:
     out: list[HostDevice] = []
     mappings: dict[str, list[str]] | None = None
     for dev in vm.devices:
@@ -69,11 +80,7 @@ def _devices(s: Session, vm: ProxmoxVm) -> list[HostDevice]:
                 raise NotFoundError(f"{dev.key}: PCI mapping {dev.mapping!r} has no path for node {_node(s)!r} in "
                                     f"{MAPPING_FILE}")
             if len(ids) > 1:  # alternatives: Proxmox takes the first one no other VM uses
-                first = _functions(s, ids[0])
-                alts = tuple(fn for i in ids[1:] for fn in _functions(s, i)[:1])
-                out.append(HostDevice(first[0], True, dev.key, alts))
-                out += [HostDevice(fn, True, dev.key) for fn in first[1:]]
-                continue
+                ids = [_first_free(s, vm_name, ids)]
         for i in ids:
             out += [HostDevice(fn, True, dev.key) for fn in _functions(s, i)]
     return out
@@ -95,7 +102,7 @@ def proxmox_hook(s: Session, vmid: str, phase: str, *, kernel: object | None = N
         mdevs = [HostDevice(f"mdev:{mdev_uuid(vm.vmid, int(d.key[7:]))}", False, d.key) for d in vm.devices if d.mdev]
         res = vm_starting(s, vm_name, mdevs, vm_uuid=vm.uuid, kernel=kernel)
     else:
-        res = vm_starting(s, vm_name, _devices(s, vm), vm_uuid=vm.uuid, kernel=kernel)
+        res = vm_starting(s, vm_name, _devices(s, vm, vm_name), vm_uuid=vm.uuid, kernel=kernel)
     if res is None:
         return HookResult(vm_name, notes=vm.notes)
     return HookResult(vm_name, "assigned", [a.device for a in res.assignments], res.bound, vm.notes)

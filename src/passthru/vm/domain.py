@@ -36,7 +36,6 @@ class HostDevice:
     spec: str
     managed: bool = False  # the VM manager moves it to vfio-pci and back itself (libvirt managed='yes', Proxmox)
     source: str = ""  # where the definition names it, for messages ("hostdev 0000:01:00.0", "hostpci0")
-    alternatives: tuple[str, ...] = ()  # other specs the VM manager may pick instead (a Proxmox mapping's paths)
 
 
 @dataclass(slots=True)
