@@ -15,6 +15,7 @@ pkgs=(python3 python3-venv python3-pip hwdata pciutils usbutils kmod)
 if [ "$want_test" = 1 ]; then
     pkgs+=(qemu-system-x86 busybox-static e2fsprogs util-linux systemd libvirt-clients libxml2-utils gcc make xz-utils)
     pkgs+=(openssl)  # the agent's TLS test makes a self-signed certificate
+    pkgs+=(libvirt-daemon-system libvirt-daemon-driver-qemu)  # tests start their own libvirtd (tests/libvirtd.py)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,11 +1,13 @@
 """Every command a user page shows (```console blocks, lines starting with `$ `) runs against a realistic host (the
 gpu_server fixture) and exits 0 — or with the status the page states in a trailing `# exit N` — so the docs
-cannot drift from the tool."""
+cannot drift from the tool. The pages' example files are there too: docs/examples/*.xml in the working directory
+(`--domain vm1.xml`), docs/examples/root/ laid over the fixture host (a Proxmox VM's /etc/pve/qemu-server/100.conf)."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import shlex
 import subprocess
 import sys
@@ -32,6 +34,10 @@ def test_pages_with_commands_exist():
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_commands_run(page, gpu_server, tmp_path):
     env = dict(os.environ, PASSTHRU_ROOT=str(gpu_server))
+    for f in (DOCS / "examples").glob("*.xml"):
+        shutil.copy(f, tmp_path / f.name)
+    if (DOCS / "examples" / "root").is_dir():
+        shutil.copytree(DOCS / "examples" / "root", gpu_server, dirs_exist_ok=True)
     for cmd in doc_commands(page):
         want = 0
         m = re.search(r"\s+#\s*exit\s+(\d+)\s*$", cmd)

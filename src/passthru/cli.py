@@ -414,6 +414,7 @@ from . import cli_agent  # noqa: E402,F401  (registers serve)
 from . import cli_vf  # noqa: E402,F401  (registers vf: count, list, set, reset, switchdev, offload)
 from . import cli_vgpu  # noqa: E402,F401  (registers vgpu types, list, create, remove, start-persisted)
 from . import cli_store  # noqa: E402,F401  (registers store check, backup)
+from . import cli_hooks  # noqa: E402,F401  (registers hooks show, install, uninstall, libvirt, proxmox)
 
 
 _COMMAND = None

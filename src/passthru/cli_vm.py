@@ -174,6 +174,9 @@ _ROMBAR = typer.Option("--rombar-off", metavar="ADDRESS", help="Hide the device'
 _SERBUS = typer.Option("--serial-bus", help="pci (pci-serial) or isa (isa-serial).")
 
 
+_HIDE = typer.Option("--hide-kvm", help="Hide the hypervisor (kvm=off; NVIDIA GeForce before R465).")
+
+
 @app.command("qemu-args")
 def qemu_args(
     ctx: typer.Context,
@@ -183,18 +186,20 @@ def qemu_args(
     romfile: Annotated[list[str], _ROM] = [],  # noqa: B006
     rombar_off: Annotated[list[str], _ROMBAR] = [],  # noqa: B006
     serial_bus: Annotated[str, _SERBUS] = "pci",
+    hide_kvm: Annotated[bool, _HIDE] = False,
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """QEMU arguments for the VM's devices (one pcie-root-port each on q35; a GPU and its audio in one slot).
 
-    Example: `qemu-system-x86_64 ... $(passthru qemu-args vm1)`.
+    Example: `qemu-system-x86_64 ... $(passthru qemu-args vm1)`. --hide-kvm adds -global x86_64-cpu.kvm=off
+    (kvm=off on whatever -cpu the VM has).
     """
     import shlex
 
     from .vm.qemu import qemu_args as render
 
     c: _Ctx = ctx.obj
-    out = render(_attachments(c, vm, x_vga, romfile, rombar_off, serial_bus), machine=machine)
+    out = render(_attachments(c, vm, x_vga, romfile, rombar_off, serial_bus), machine=machine, hide_kvm=hide_kvm)
     if as_json:
         _emit_json(out.to_json())
         return
@@ -207,22 +212,52 @@ def qemu_args(
 def libvirt_xml(
     ctx: typer.Context,
     vm: Annotated[str, typer.Argument(help="VM name.")],
-    machine: Annotated[str, typer.Option("--machine", help="q35 or pc.")] = "q35",
+    machine: Annotated[Optional[str], typer.Option("--machine", help="q35 or pc (default: the domain's, "
+                                                   "else q35).")] = None,
     x_vga: Annotated[list[str], _XVGA] = [],  # noqa: B006
     romfile: Annotated[list[str], _ROM] = [],  # noqa: B006
     rombar_off: Annotated[list[str], _ROMBAR] = [],  # noqa: B006
     serial_bus: Annotated[str, _SERBUS] = "pci",
+    hide_kvm: Annotated[bool, _HIDE] = False,
+    domain: Annotated[Optional[str], typer.Option("--domain", metavar="NAME|FILE", help="Merge into this "
+                                                  "libvirt domain (a file, or `virsh dumpxml NAME`).")] = None,
+    connect: Annotated[Optional[str], typer.Option("--connect", metavar="URI", help="virsh -c URI for "
+                                                   "--domain NAME.")] = None,
+    attach_dir: Annotated[Optional[str], typer.Option("--attach-dir", metavar="DIR", help="With --domain: one "
+                                                      "element per file for `virsh attach-device --config`.")] = None,
 ) -> None:
-    """libvirt <hostdev>/<serial> elements for the VM's devices (paste into <devices>, or `virsh attach-device`).
+    """libvirt XML for the VM's devices: a <devices> fragment, or with --domain the whole updated domain.
 
-    Example: `passthru libvirt-xml vm1 > vm1-devices.xml`.
+    Examples: `passthru libvirt-xml vm1 --domain vm1 > vm1.xml && virsh define vm1.xml`;
+    `passthru libvirt-xml vm1 --domain vm1 --attach-dir vm1.d` (then `virsh attach-device vm1 FILE --config` for
+    each file in name order: controllers first). docs/libvirt.md.
     """
+    import sys
+
     from .vm.libvirt import libvirt_xml as render
     from .vm.libvirt import qemu_override_xml
 
     c: _Ctx = ctx.obj
+    if domain is None and (attach_dir or connect):
+        raise UsageError(f"{'--attach-dir' if attach_dir else '--connect'} goes with --domain NAME|FILE (the domain "
+                         "whose controllers and addresses passthru must avoid)")
+    if domain is not None:
+        from .vm.domain import parse_domain, read_domain
+        from .vm.merge import merge_domain, write_elements
+
+        dom = parse_domain(read_domain(domain, connect, live=c.host.is_live))
+        atts = _attachments(c, vm, x_vga, romfile, rombar_off, serial_bus)
+        merged = merge_domain(dom, atts, machine=machine, hide_kvm=hide_kvm)
+        if attach_dir:
+            for path in write_elements(attach_dir, merged.elements):
+                print(path)
+        else:
+            sys.stdout.write(merged.domain)
+        for n in merged.notes:
+            print(f"# note: {n}", file=sys.stderr)
+        return
     atts = _attachments(c, vm, x_vga, romfile, rombar_off, serial_bus)
-    print(render(atts, machine=machine))
+    print(render(atts, machine=machine or "q35", hide_kvm=hide_kvm))
     override = qemu_override_xml(atts)
     if override:
         print("<!-- x-vga: libvirt >= 8.2.0; put this in <domain xmlns:qemu="

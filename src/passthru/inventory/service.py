@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from ..commands import Session
@@ -183,10 +184,12 @@ def _host_uses(inv: Inventory, address: str) -> bool:
 
 def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, numa_policy: str = "strict",
            vm_uuid: str | None = None, bind: bool = True, kernel: object | None = None,
-           vf_options: dict | None = None) -> AssignResult:
+           vf_options: dict | None = None, keep_driver: Collection[str] = ()) -> AssignResult:
     """Claim the devices ``texts`` name for ``vm`` and take their PCI groups over for vfio-pci. ``vf_options``
     (mac, vlan, qos, spoofchk, trust, min_tx_rate, max_tx_rate, link_state) configure each NIC VF assigned, through
-    its PF (kinds/nic_vf.py); the prior settings are kept and put back on release."""
+    its PF (kinds/nic_vf.py); the prior settings are kept and put back on release. ``keep_driver``: PCI addresses
+    the VM manager moves to vfio-pci itself (libvirt managed='yes', Proxmox hostpci): their groups are recorded
+    (takeover "none") after the takeover's guards pass, and never bound here."""
     check_vm(vm)
     vm_uuid = None if vm_uuid is None else check_uuid(vm_uuid)
     if numa_policy not in ("strict", "prefer"):
@@ -207,6 +210,8 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
             if ident not in direct:
                 direct.append(ident)
     _kind_refusals(s, store, inv, vm, direct)  # kinds: a serial port held open, a USB port whose device changed
+    named = {sp.value for sp in specs if sp.form == "pci"}
+    kept = _kept_groups(s, inv, named, keep_driver) if keep_driver else set()
     res = AssignResult(vm)
     before = {a.device for a in store.assignments(vm)}
     op = journal_for(s.paths.state_dir).begin("assign", vm=vm, bind=bind, binding=[], vfs=[])
@@ -214,8 +219,10 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
     try:
         hit("assign.intent")
         claimed: list[Assignment] = []
-        if direct:
-            claimed += store.claim(vm, direct, vm_uuid=vm_uuid, op=mark)
+        for part, how in (([i for i in direct if i not in kept], mark),
+                          ([i for i in direct if i in kept], {**mark, "takeover": "none"})):
+            if part:
+                claimed += store.claim(vm, part, vm_uuid=vm_uuid, op=how)
         for spec in specs:
             if spec.form in ("name", "usb-id"):
                 a = _pick(store, inv, vm, spec, models, numa, numa_policy, vm_uuid, mark)
@@ -226,7 +233,8 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
                         claimed += store.claim(vm, rest, vm_uuid=vm_uuid, op=mark)
         hit("assign.claimed")
         addrs = pci_addresses([a.device for a in _dedupe(claimed)])
-        todo = [a for a in addrs if not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
+        todo = [a for a in addrs
+                if f"pci:{a}" not in kept and not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
         if bind and todo:
             op.update(binding=todo)  # journal first: if this process dies, reconcile gives these back
             out = vfio_bind(s.host, s.paths, todo, group=True, kernel=kernel)  # type: ignore[arg-type]
@@ -249,6 +257,24 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
         op.release()
         raise
     return res
+
+
+def _kept_groups(s: Session, inv: Inventory, named: set[str], keep: Collection[str]) -> set[str]:
+    """The identities of the groups of ``keep`` (addresses the VM manager binds itself), after the takeover's
+    guards (the boot VGA, a NIC with an address, a mounted disk...) said yes: RefusedError otherwise. A group with
+    one device kept and another named to be bound here is refused: one side would undo the other."""
+    from ..vfio.plan import plan_bind
+
+    kept: set[str] = set()
+    for a in keep:
+        group = _group_identities(inv, a)
+        clash = sorted(i[4:] for i in group if i[4:] in named and i[4:] not in keep)
+        if clash:
+            raise UsageError(f"{a} is bound by the VM manager (managed) and {clash[0]}, in the same IOMMU group, by "
+                             "passthru: give both the same management (both managed, or neither)")
+        kept.update(group)
+    plan_bind(s.host, [a for a in keep if not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)], group=True)
+    return kept
 
 
 def undo_assign(s: Session, store: Store, doc: dict, *, kernel: object | None = None) -> dict:
@@ -329,10 +355,11 @@ def _dedupe(items: list[Assignment]) -> list[Assignment]:
     return list(seen.values())
 
 
-def release(s: Session, vm: str, texts: list[str] | None = None, *, restore: bool = False,
+def release(s: Session, vm: str, texts: list[str] | None = None, *, restore: bool | list[str] = False,
             kernel: object | None = None) -> list[Assignment]:
     """Release the VM's devices (all, or those ``texts`` name; a PCI device's group mates go too). With
-    ``restore``, PCI devices go back to their host drivers; otherwise they stay on vfio-pci for the next VM.
+    ``restore``, PCI devices go back to their host drivers (a list: only those addresses); otherwise they stay on
+    vfio-pci for the next VM.
     Journaled: a release interrupted by a kill is finished by reconcile."""
     check_vm(vm)
     store = open_store(s)
@@ -359,9 +386,10 @@ def finish_release(s: Session, store: Store, doc: dict, *, kernel: object | None
         if ident in active:
             out += store.release(vm, ident)
             hit("release.released")
-    if doc.get("restore"):
+    want = doc.get("restore")
+    if want:
         mine = {h.address for h in Holdings(s.paths).holdings()}
-        addrs = [a for a in pci_addresses(idents) if a in mine]
+        addrs = [a for a in pci_addresses(idents) if a in mine and (want is True or a in want)]
         if addrs:
             vfio_restore(s.host, s.paths, addrs, kernel=kernel)  # type: ignore[arg-type]
     store.audit("release", None, vm, {"devices": idents, "restored": bool(doc.get("restore")), "op": doc.get("id")})

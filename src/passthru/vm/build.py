@@ -60,8 +60,8 @@ def _pci_attachments(h: HostRoot, addrs: list[str], kinds: dict[str, str], opts:
         cls = h.read_hex(f"{h.sys}/bus/pci/devices/{first}/class") or 0
         if vendor == NVIDIA and cls >> 8 == 0x0300:
             notes.append(f"{first}: NVIDIA GeForce drivers before R465 refuse to run in a VM they detect: hide "
-                         "the hypervisor with -cpu host,kvm=off (libvirt: <features><kvm><hidden state='on'/>"
-                         "</kvm></features>)")
+                         "the hypervisor with --hide-kvm (QEMU kvm=off on the -cpu; libvirt <features><kvm><hidden "
+                         "state='on'/></kvm></features>; Proxmox cpu: hidden=1)")
         bar = largest_bar(h, first)  # the renderers say when it needs a larger 64-bit MMIO window
         rom = opts.romfile.get(first)
         if rom is not None:

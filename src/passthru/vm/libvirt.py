@@ -1,5 +1,7 @@
-"""Attachments rendered as libvirt domain XML (``passthru libvirt-xml VM``): a ``<devices>`` fragment to merge
-into a domain, valid against libvirt's domain schema (checked with ``virt-xml-validate`` in the tests).
+"""Attachments rendered as libvirt domain XML (``passthru libvirt-xml VM``): a ``<devices>`` fragment, valid
+against libvirt's domain schema (checked with ``virt-xml-validate`` in the tests). It is only valid alone: its
+controller indexes and slots start at fixed numbers. Merged into an existing domain, :class:`Slots` is told what the
+domain uses (vm/merge.py, ``--domain``) and :func:`render` picks free ones.
 
 - pci: one ``<hostdev mode='subsystem' type='pci' managed='no'>`` per host function (passthru, not libvirt, binds
   the devices to vfio-pci). A multi-function set gets explicit guest addresses, functions 0..n-1 of one slot,
@@ -13,6 +15,8 @@ into a domain, valid against libvirt's domain schema (checked with ``virt-xml-va
   takes a bus and *device number* (which changes on every replug), not a port path, so passthru's bus/port is
   given in a comment only.
 - serial: ``<serial type='dev'>`` with ``<target type='pci-serial'|'isa-serial'>``.
+- hidden hypervisor (``hide_kvm``): ``<features>`` is not a device: the fragment carries a comment, the merged
+  domain the element itself.
 
 Every device carries ``<alias name='ua-<id>'/>`` (libvirt's user-alias prefix), so QEMU, libvirt and passthru
 ids correspond: QEMU then sees id ``ua-gpu0`` where ``passthru qemu-args`` writes ``gpu0``.
@@ -22,14 +26,18 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 
 from passthru.errors import UsageError
 from passthru.vm.attachment import Attachment, function_id
 from passthru.vm.qemu import HOLE64_DEFAULT, PC_FIRST_SLOT, PC_LAST_SLOT, machine_family, mmio64_window, prepare
 
-__all__ = ["libvirt_xml", "qemu_override_xml", "QEMU_NS", "alias"]
+__all__ = ["libvirt_xml", "qemu_override_xml", "render", "Slots", "QEMU_NS", "HIDE_KVM_XML", "HIDE_KVM_NOTE", "alias"]
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+HIDE_KVM_XML = "<features><kvm><hidden state='on'/></kvm></features>"
+HIDE_KVM_NOTE = (f"hidden hypervisor: the domain needs {HIDE_KVM_XML} (QEMU: kvm=off on its -cpu); "
+                 "`passthru libvirt-xml VM --domain NAME --hide-kvm` merges it")
 _BDF = re.compile(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([01][0-9a-fA-F])\.([0-7])\Z")
 
 
@@ -51,7 +59,7 @@ def _comment(parent: ET.Element, text: str) -> None:
     parent.append(ET.Comment(" " + text.replace("--", "- -") + " "))
 
 
-def _pci(devices: ET.Element, att: Attachment, guest: tuple[int, int] | None) -> None:
+def _pci(devices: ET.Element, att: Attachment, guest: tuple[int, int] | None, fragment: bool = True) -> None:
     """One hostdev per function; ``guest`` = (bus, slot) pins a multi-function set to one guest slot."""
     for i, host in enumerate(att.functions):
         hd = ET.SubElement(devices, "hostdev", mode="subsystem", type="pci", managed="no")
@@ -68,7 +76,7 @@ def _pci(devices: ET.Element, att: Attachment, guest: tuple[int, int] | None) ->
             if i == 0:
                 addr.set("multifunction", "on")
         ET.SubElement(hd, "alias", name=alias(function_id(att, i)))
-    if att.x_vga:
+    if att.x_vga and fragment:  # merged into a domain (vm/merge.py), the override itself is there
         _comment(devices, f"{att.id}: x-vga has no <hostdev> setting in libvirt; libvirt >= 8.2.0 sets it with a "
                           f"qemu:override element in the domain (xmlns:qemu='{QEMU_NS}'): <qemu:override>"
                           f"<qemu:device alias='{alias(att.id)}'><qemu:frontend><qemu:property name='x-vga' "
@@ -109,14 +117,39 @@ def _mmio_comment(devices: ET.Element, atts: list[Attachment], family: str) -> N
                           f"{window >> 20}</entry></sysinfo>")
 
 
-def libvirt_xml(attachments: list[Attachment], *, machine: str = "q35", first_index: int = 1,
-                first_slot: int = PC_FIRST_SLOT) -> str:
-    """The ``<devices>`` fragment for ``attachments`` (module docstring). UsageError for an unknown machine, a bad
-    ROM file, a malformed address, or a usb attachment without vendor:product."""
-    family = machine_family(machine)
+class Slots:
+    """Where passthru puts what it adds: PCI controller indexes (a q35 ``pcie-root-port`` per multi-function set) and
+    bus-0 slots (pc). ``taken_indexes`` / ``taken_slots`` are what a domain already uses (``--domain``): new
+    indexes go above all of them (a controller's index only has to be unique), new pc slots from ``first_slot`` up
+    to 0x1f, then, when the domain is known (``low``), from 0x03 (0x00-0x02: host bridge, PIIX3, video)."""
+
+    def __init__(self, first_index: int = 1, first_slot: int = PC_FIRST_SLOT, *, taken_indexes: Iterable[int] = (),
+                 taken_slots: Iterable[int] = (), low: bool = False) -> None:
+        self._index = max([first_index - 1, *taken_indexes]) + 1
+        taken = set(taken_slots)
+        order = [*range(first_slot, PC_LAST_SLOT + 1), *(range(3, first_slot) if low else ())]
+        self._slots = [n for n in order if n not in taken]
+        self.first_slot = first_slot
+
+    def index(self) -> int:
+        if self._index > 255:
+            raise UsageError("out of PCI controller indexes (0..255): the domain has too many controllers")
+        self._index += 1
+        return self._index - 1
+
+    def slot(self) -> int:
+        if not self._slots:
+            raise UsageError(f"out of bus 0 slots: passthru uses {self.first_slot:#x}..{PC_LAST_SLOT:#x}; use q35 "
+                             "or fewer devices")
+        return self._slots.pop(0)
+
+
+def render(attachments: list[Attachment], family: str, slots: Slots, *, hide_kvm: bool = False,
+           fragment: bool = True) -> ET.Element:
+    """The elements for ``attachments`` in a ``<devices>`` element, in the order ``virsh attach-device`` needs them
+    (a controller before the hostdevs on it), with the operator's advice as XML comments among them."""
     atts = prepare(attachments)
     devices = ET.Element("devices")
-    index, slot = first_index, first_slot
     for att in atts:
         for note in att.notes:
             _comment(devices, note)
@@ -124,14 +157,17 @@ def libvirt_xml(attachments: list[Attachment], *, machine: str = "q35", first_in
             guest = None
             if len(att.functions) > 1:
                 if family == "q35":
+                    index = slots.index()
                     ctl = ET.SubElement(devices, "controller", type="pci", index=str(index), model="pcie-root-port")
+                    # `virsh attach-device --config` fills in none of these (define does): the chassis is the index
+                    # (libvirt's rule; QEMU wants chassis/slot pairs unique), the port number any 8-bit value
+                    ET.SubElement(ctl, "model", name="pcie-root-port")
+                    ET.SubElement(ctl, "target", chassis=str(index), port=f"{(0x10 + index) & 0xFF:#x}")
                     ET.SubElement(ctl, "alias", name=alias(f"rp-{att.id}"))
-                    guest, index = (index, 0), index + 1
+                    guest = (index, 0)
                 else:
-                    if slot > PC_LAST_SLOT:
-                        raise UsageError(f"out of bus 0 slots: passthru uses {first_slot:#x}..{PC_LAST_SLOT:#x}")
-                    guest, slot = (0, slot), slot + 1
-            _pci(devices, att, guest)
+                    guest = (0, slots.slot())
+            _pci(devices, att, guest, fragment)
         elif att.kind == "mdev":
             hd = ET.SubElement(devices, "hostdev", mode="subsystem", type="mdev", model="vfio-pci")
             ET.SubElement(ET.SubElement(hd, "source"), "address", uuid=str(att.mdev_uuid).lower())
@@ -144,6 +180,17 @@ def libvirt_xml(attachments: list[Attachment], *, machine: str = "q35", first_in
         _comment(devices, "usb hostdevs attach to the domain's USB controller; USB 3 devices need "
                           "<controller type='usb' model='qemu-xhci'/>")
     _mmio_comment(devices, atts, family)
+    if hide_kvm:
+        _comment(devices, HIDE_KVM_NOTE)
+    return devices
+
+
+def libvirt_xml(attachments: list[Attachment], *, machine: str = "q35", first_index: int = 1,
+                first_slot: int = PC_FIRST_SLOT, hide_kvm: bool = False) -> str:
+    """The ``<devices>`` fragment for ``attachments`` (module docstring). UsageError for an unknown machine, a bad
+    ROM file, a malformed address, or a usb attachment without vendor:product."""
+    family = machine_family(machine)
+    devices = render(attachments, family, Slots(first_index, first_slot), hide_kvm=hide_kvm)
     ET.indent(devices, "  ")
     return ET.tostring(devices, encoding="unicode") + "\n"
 

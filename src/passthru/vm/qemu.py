@@ -1,8 +1,11 @@
 """Attachments rendered as QEMU command-line arguments (``passthru qemu-args VM``).
 
 Only the device part of a command line: ``-device`` / ``-chardev`` arguments to append to a VM's own ``-machine``,
-``-cpu``, memory and disks. Machine-level advice (a hidden hypervisor, a larger 64-bit MMIO window) goes into
-:attr:`QemuArgs.notes`, never into ``argv``.
+``-cpu``, memory and disks. Machine-level advice (a larger 64-bit MMIO window, x-vga's needs) goes into
+:attr:`QemuArgs.notes`, never into ``argv``. One exception, asked for with ``hide_kvm``: a hidden hypervisor is
+``-global x86_64-cpu.kvm=off``, which sets ``kvm=off`` on whatever ``-cpu`` model the VM's own arguments choose
+(every x86 CPU model is an ``x86_64-cpu``; checked with ``qom-get`` on QEMU 7.2), the same as appending
+``,kvm=off`` to its ``-cpu``. A ``kvm=on`` written in the VM's own ``-cpu`` wins over it.
 
 Placement:
 
@@ -30,8 +33,9 @@ from passthru.errors import UsageError
 from passthru.vm.attachment import Attachment, chardev_props, check_rom, device_props, function_id
 
 __all__ = ["QemuArgs", "qemu_args", "machine_family", "prepare", "mmio64_window", "opt_string", "XHCI_ID",
-           "PC_FIRST_SLOT", "PC_LAST_SLOT", "HOLE64_DEFAULT"]
+           "PC_FIRST_SLOT", "PC_LAST_SLOT", "HOLE64_DEFAULT", "HIDE_KVM"]
 
+HIDE_KVM = ["-global", "x86_64-cpu.kvm=off"]  # kvm=off on every x86 CPU model: no KVM signature in CPUID
 XHCI_ID = "xhci-pt"  # the shared USB controller of usb attachments; its bus is "xhci-pt.0"
 PC_FIRST_SLOT = 0x10
 PC_LAST_SLOT = 0x1F
@@ -171,7 +175,7 @@ def _notes(atts: list[Attachment], family: str) -> list[str]:
 
 
 def qemu_args(attachments: list[Attachment], *, machine: str = "q35", first_chassis: int = 1,
-              first_slot: int = PC_FIRST_SLOT) -> QemuArgs:
+              first_slot: int = PC_FIRST_SLOT, hide_kvm: bool = False) -> QemuArgs:
     """The QEMU arguments for ``attachments`` on ``machine`` (module docstring: placement and ids).
     UsageError for an unknown machine, a bad ROM file, missing fields, or running out of chassis/slots."""
     family = machine_family(machine)
@@ -222,4 +226,9 @@ def qemu_args(attachments: list[Attachment], *, machine: str = "q35", first_chas
             props = device_props(att, bus, s)
         for p in props:
             device(p)
-    return QemuArgs(argv=argv, notes=_notes(atts, family))
+    notes = _notes(atts, family)
+    if hide_kvm:
+        argv.extend(HIDE_KVM)
+        notes.append("hidden hypervisor: -global x86_64-cpu.kvm=off is the VM's -cpu with kvm=off (no KVM "
+                     "signature in CPUID), whatever CPU model it names; a kvm=on in its own -cpu wins over it")
+    return QemuArgs(argv=argv, notes=notes)
