@@ -508,8 +508,9 @@ def test_a_failed_claim_takes_the_new_vgpu_back(host):
     from passthru.inventory import ClaimError
     from passthru.inventory.service import assign
 
-    # vm2 holds the T4 itself (recorded, not bound): an mdev of it cannot go to vm1 (parent exclusivity), so the new
-    # mdev goes again
+    # vm2 holds the T4 itself (recorded, not bound; its own vGPU removed first, or the T4 could not go whole): an mdev
+    # of it cannot go to vm1 (parent exclusivity), so the new mdev goes again
+    remove(h, paths, T4_UUID, kernel=k)
     assign(s, "vm2", [T4], bind=False)
     with pytest.raises(ClaimError):
         create(h, paths, T4, "nvidia-223", uuid=U1, vm="vm1", kernel=FakeMdevKernel(h))

@@ -155,30 +155,34 @@ def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], n
                      "(`passthru model list`)")
     # a device the host uses (a mounted disk, a NIC with an address, its console) is never picked: hold each such
     # pick aside while asking again, then let go of them
-    aside: list[Assignment] = []
+    aside: list[tuple[Assignment, str]] = []
     try:
         while True:
             try:
                 a = store.claim_any(vm, numa=numa, numa_policy=policy, vm_uuid=vm_uuid, op=op, **by)
             except ClaimError as e:
                 if aside:
-                    raise ClaimError(f"{e}; skipped because the host uses them: "
-                                     f"{', '.join(x.device for x in aside)}") from None
+                    why = "; ".join(f"{x.device[4:]} ({use})" for x, use in aside)
+                    raise ClaimError(f"{e}; skipped because the host uses them: {why}") from None
                 raise
-            if a.device.startswith("pci:") and _host_uses(inv, a.device[4:]):
-                aside.append(a)
+            use = _host_uses(inv, a.device[4:]) if a.device.startswith("pci:") else None
+            if use:
+                aside.append((a, use))
                 continue
             return a
     finally:
-        for x in aside:
+        for x, _ in aside:
             store.release(vm, x.device)
 
 
-def _host_uses(inv: Inventory, address: str) -> bool:
+def _host_uses(inv: Inventory, address: str) -> str | None:
+    """What the host uses a device or its group mates for (the first use, one line), or None."""
     from ..host.usage import host_uses
 
     addrs = [address] + [f.address for f in inv.group_mates(address) if not f.is_bridge]
-    return any(host_uses(inv.root, addrs).values())
+    uses = [u for us in host_uses(inv.root, addrs).values() for u in us]
+    return None if not uses else uses[0].detail if uses[0].address == address else \
+        f"group mate {uses[0].address}: {uses[0].detail}"
 
 
 def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, numa_policy: str = "strict",
@@ -207,6 +211,7 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
             if ident not in direct:
                 direct.append(ident)
     _kind_refusals(s, store, inv, vm, direct)  # kinds: a serial port held open, a USB port whose device changed
+    _takeover_refusals(s, inv, direct, bind)  # what bind would refuse, before anything is claimed
     res = AssignResult(vm)
     before = {a.device for a in store.assignments(vm)}
     op = journal_for(s.paths.state_dir).begin("assign", vm=vm, bind=bind, binding=[], vfs=[])
@@ -249,6 +254,20 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
         op.release()
         raise
     return res
+
+
+def _takeover_refusals(s: Session, inv: Inventory, direct: list[str], bind: bool) -> None:
+    """The takeover guards for the PCI devices named directly: what `bind` would refuse (a mounted disk, the boot
+    VGA, a GPU hosting live vGPUs...); with --no-bind only live vGPUs, which forbid handing the device over whole,
+    whoever binds it."""
+    from ..vfio.plan import check_whole, plan_bind
+
+    addrs = pci_addresses(direct)
+    todo = [a for a in addrs if not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
+    if bind and todo:
+        plan_bind(s.host, todo, group=True)
+    elif addrs:
+        check_whole(s.host, addrs)
 
 
 def undo_assign(s: Session, store: Store, doc: dict, *, kernel: object | None = None) -> dict:
