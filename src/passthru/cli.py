@@ -81,13 +81,11 @@ def _console():
     return Console(highlight=False, soft_wrap=False, width=width)
 
 
-def _table(title: str | None, columns: list[str]):
-    from rich.table import Table
+def _table(title: str | None, columns: list[str], drop: tuple[str, ...] = ()):
+    """A table that fits the output width (tables.py): names wrap, IDs stay whole, ``drop`` goes first if need be."""
+    from .tables import Table
 
-    t = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    for c in columns:
-        t.add_column(c, overflow="fold", no_wrap=c in ("ADDRESS/ID", "ADDRESS", "IDS", "PORT PATH", "DRIVER"))
-    return t
+    return Table(title, columns, drop=drop)
 
 
 def _s(v: Any) -> str:
@@ -117,7 +115,8 @@ def devices(
     con = _console()
     if not inv.iommu.enabled:
         con.print(f"[yellow]! {inv.iommu.message}[/yellow]")
-    t = _table(None, ["ADDRESS/ID", "KIND", "ROLE", "IDS", "NAME", "DRIVER", "GROUP", "NUMA", "NOTES"])
+    t = _table(None, ["ADDRESS/ID", "KIND", "ROLE", "IDS", "NAME", "DRIVER", "GROUP", "NUMA", "NOTES"],
+               drop=("NOTES", "ROLE", "NUMA", "IDS"))
     shown = 0
     for d in selected:
         if d.kind == "bridge" and not (all_ or kind == "bridge"):
@@ -177,7 +176,7 @@ def groups(
     if not inv.iommu.enabled:
         con.print(f"[yellow]! {inv.iommu.message}[/yellow]")
         return
-    t = _table(None, ["GROUP", "VIABLE", "ADDRESS", "KIND", "IDS", "NAME", "DRIVER"])
+    t = _table(None, ["GROUP", "VIABLE", "ADDRESS", "KIND", "IDS", "NAME", "DRIVER"], drop=("KIND", "IDS", "NAME"))
     for g in gs:
         first = True
         for addr in g.devices or ("-",):
@@ -213,7 +212,8 @@ def usb(
     if not devs:
         con.print("no USB devices (no USB bus on this host)")
         return
-    t = _table(None, ["PORT PATH", "BUS", "DEV", "IDS", "NAME", "SERIAL", "SPEED", "DRIVER", "NOTES"])
+    t = _table(None, ["PORT PATH", "BUS", "DEV", "IDS", "NAME", "SERIAL", "SPEED", "DRIVER", "NOTES"],
+               drop=("DEV", "BUS", "SPEED", "SERIAL"))
     for u in devs:
         d = usb_json(u, names)
         notes = "root hub" if u.is_root_hub else ("hub" if u.is_hub else "")
@@ -236,7 +236,7 @@ def serial(
         return
     ports = scan_serial(c.host)
     con = _console()
-    t = _table(None, ["PORT", "DEVICE", "TYPE", "BACKING", "DRIVER", "NOTES"])
+    t = _table(None, ["PORT", "DEVICE", "TYPE", "BACKING", "DRIVER", "NOTES"], drop=("TYPE",))
     for p in ports:
         notes = ", ".join(n for n, on in (("console", p.console), ("ghost: no UART", p.ghost)) if on)
         t.add_row(p.name, p.device, p.kind, f"{p.backing_bus} {p.backing_id}" if p.backing_bus else "-",

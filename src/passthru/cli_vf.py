@@ -101,7 +101,7 @@ def vf_list(
         if not p["vfs"]:
             continue
         t = _table(None, ["VF", "ADDRESS", "DRIVER", "MAC", "VLAN", "QOS", "SPOOFCHK", "TRUST", "LINK", "RATE",
-                          "REPRESENTOR", "NOTES"])
+                          "REPRESENTOR", "NOTES"], drop=("REPRESENTOR", "RATE", "QOS", "LINK", "TRUST", "SPOOFCHK"))
         for v in p["vfs"]:
             onoff = {True: "on", False: "off", None: "-"}
             rate = "-" if v["max_tx_rate"] is None else f"{v['min_tx_rate'] or 0}-{v['max_tx_rate'] or 'max'}"
