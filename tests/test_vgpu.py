@@ -449,6 +449,7 @@ def test_start_persisted_recreates_what_is_gone_and_reports_what_cannot_start(ho
 
 def test_start_persisted_refuses_a_uuid_taken_by_another_type(host):
     h, paths, k = host
+    os.unlink(h.path(f"/etc/mdevctl.d/{T4}/{T4_UUID}"))  # mdevctl's UUIDs are mdevctl's to start (test_mdevctl.py)
     MdevStore(paths).define(T4_UUID, MDEV, T4, "nvidia-222")
     out = start_persisted(h, paths, kernel=k)
     assert out.items[0].status == "failed" and "exists as nvidia-224" in out.items[0].note
