@@ -73,7 +73,8 @@ def test_a_state_dir_on_a_read_only_file_system(tmp_path, gpu_server):
     for where, argv in ((state / "new", ["assign", "vm1", "0000:87:00.0", "--no-bind"]),
                         (state / "new", ["assignments"]),
                         (state / "old", ["assign", "vm2", "0000:87:00.0", "--no-bind"]),
-                        (state / "old", ["release", "vm1"])):
+                        (state / "old", ["release", "vm1"]),
+                        (state / "old", ["assign", "vm2", "0000:87:00.0", "--dry-run"])):
         p = _read_only(state, ["--root", str(gpu_server), "--state-dir", str(where), "--config-dir",
                                str(where / "etc"), *argv])
         assert p.returncode == 2 and p.stderr.count("\n") == 1, (argv, p.stderr)

@@ -91,7 +91,7 @@ def test_a_group_mate_hosting_vgpus_refuses_the_group(server, capsys):
 
 
 def test_assign_by_address_is_refused_before_any_claim(server, capsys):
-    for extra in ([], ["--no-bind"]):
+    for extra in ([], ["--no-bind"], ["--dry-run"]):
         rc, out, err = cli(capsys, "--root", str(server), "assign", "vm1", T4, *extra)
         assert rc == 2 and out == "" and err.count("\n") == 1 and U in err and "passthru vgpu remove" in err, extra
     rc, _, err = cli(capsys, "--root", str(server), "assign", "vm1", GTX_AUDIO, "--no-bind")  # the GPU comes along

@@ -246,6 +246,33 @@ def reading(engine: Engine, fn: Callable[[Connection], T]) -> T:
         raise err from None
 
 
+def begin_outer(engine: Engine) -> tuple[Connection, Any]:
+    """A connection and its open transaction, for a rehearsal (Store.rehearsal); errors as :func:`writing` gives
+    them. The caller rolls the transaction back and closes the connection."""
+    try:
+        conn = engine.connect()
+    except DBAPIError as e:
+        raise (_failed(engine, e) or e) from None
+    try:
+        return conn, conn.begin()
+    except DBAPIError as e:
+        conn.close()
+        raise (_failed(engine, e) or e) from None
+
+
+def in_savepoint(conn: Connection, fn: Callable[[Connection], T]) -> T:
+    """Run ``fn`` in a savepoint of ``conn``'s open transaction, rolled back alone when ``fn`` raises (a rehearsal,
+    Store.rehearsal: what would be one transaction is one savepoint); errors as :func:`writing` gives them."""
+    try:
+        with conn.begin_nested():
+            return fn(conn)
+    except DBAPIError as e:
+        err = _failed(conn.engine, e)
+        if err is None:
+            raise
+        raise err from None
+
+
 def fork_guard(engine: Engine, pid: int) -> int:
     """After a fork, drop the pooled connections inherited from the parent without closing them (the parent
     still uses them); returns the current pid."""
