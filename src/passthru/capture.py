@@ -255,6 +255,7 @@ def _kernel_log(w: _Writer) -> None:
 
 def capture_host(h: HostRoot, output: str) -> CaptureStats:
     """Write the snapshot of ``h`` to ``output`` (.tar.gz). Returns counts of what was written."""
+    h.check_tree()  # an empty or mistyped root would make an empty capture
     tmp = output + ".part"
     try:
         with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
