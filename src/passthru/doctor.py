@@ -27,7 +27,7 @@ from .host.kernel import (IR_OFF, IR_ON, KernelInfo, boot_modules, cmdline_value
 from .host.memory import read_hugepages, read_memlock, read_memtotal_kib
 from .host.root import HostRoot
 
-__all__ = ["Finding", "Report", "run_doctor", "PASS", "WARN", "FAIL", "SKIP", "VFIO_MODULES"]
+__all__ = ["Finding", "Report", "run_doctor", "unreadable_fix", "PASS", "WARN", "FAIL", "SKIP", "VFIO_MODULES"]
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci")
@@ -82,6 +82,20 @@ class _Facts:
     vendor_from: str = ""
 
 
+def unreadable_fix(h: HostRoot, what: str, user_hint: str = "", euid: int | None = None) -> str:
+    """The fix for a check that could not read ``what``, by where doctor runs: on a fixture or capture root the data
+    is simply not there (running as root changes nothing); on the live host, root can read it; as root, something
+    else hides it. ``euid`` defaults to this process's."""
+    import os
+
+    if not h.is_live:
+        return (f"{what}: not in this root ({h.base}; a capture keeps only part of a host): run `passthru doctor` on "
+                "the host itself for this check")
+    if (os.geteuid() if euid is None else euid) != 0:
+        return f"run `passthru doctor` as root ({what} is readable by root only{', ' + user_hint if user_hint else ''})"
+    return f"{what}: not readable even as root (a container without it? a locked-down kernel?)"
+
+
 def _vendor_args(vendor: str | None) -> list[str]:
     if vendor == "intel":
         return ["intel_iommu=on", "iommu=pt"]
@@ -127,7 +141,8 @@ def _check_iommu(r: Report, f: _Facts) -> None:
         r.add("iommu.firmware", "IOMMU in firmware", PASS, "; ".join(ev))
     elif f.log is None and not h.exists(f"{h.sys}/firmware/acpi/tables"):
         r.add("iommu.firmware", "IOMMU in firmware", SKIP,
-              "neither ACPI tables nor the kernel log are readable here", "run `passthru doctor` as root")
+              "neither ACPI tables nor the kernel log are readable here",
+              unreadable_fix(h, "the ACPI tables and the kernel log (/dev/kmsg)"))
     else:
         r.add("iommu.firmware", "IOMMU in firmware", FAIL,
               "no ACPI DMAR/IVRS table and no DMAR:/AMD-Vi: lines in the kernel log",
@@ -221,7 +236,7 @@ def _check_irq_remapping(r: Report, f: _Facts) -> None:
         return
     if f.log is None:
         r.add("iommu.irq_remapping", "Interrupt remapping", SKIP, "kernel log not readable",
-              "run `passthru doctor` as root (or set kernel.dmesg_restrict=0)")
+              unreadable_fix(f.h, "the kernel log (/dev/kmsg)", "or set kernel.dmesg_restrict=0"))
         return
     if unsafe:
         r.add("iommu.irq_remapping", "Interrupt remapping", WARN,
