@@ -89,6 +89,9 @@ def _table(title: str | None, columns: list[str], drop: tuple[str, ...] = ()):
 
 
 def _s(v: Any) -> str:
+    """A value in text output: "-" for none, booleans as the CLI's own option values (on/off), never Python's."""
+    if isinstance(v, bool):
+        return "on" if v else "off"
     return "-" if v is None or v == "" else str(v)
 
 

@@ -127,7 +127,7 @@ def _print_vf(out, as_json: bool) -> None:
     else:
         word = "restored" if out.status == "restored" else "set"
         shown = {k: v for k, v in (out.after or {}).items() if v is not None}
-        print(f"{out.pf}: VF {out.vf} {word}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+        print(f"{out.pf}: VF {out.vf} {word}: " + ", ".join(f"{k} {_s(v)}" for k, v in shown.items()))
         if out.status == "changed":
             print(f"  prior recorded ({', '.join(sorted(out.prior))}): `passthru vf reset {out.pf.name} {out.vf}`"
                   " puts it back")
