@@ -50,6 +50,12 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _completion_hint(value: bool) -> None:
+    if value:
+        raise UsageError("passthru prints its completion script instead: `passthru completion bash > "
+                         "/etc/bash_completion.d/passthru` (or zsh, fish; see `passthru completion --help`)")
+
+
 @app.callback()
 def _main(
     ctx: typer.Context,
@@ -64,6 +70,8 @@ def _main(
         help="State directory [default: ROOT/var/lib/passthru].")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    _install: Annotated[bool, typer.Option("--install-completion", "--show-completion", callback=_completion_hint,
+                                           is_eager=True, hidden=True)] = False,
 ) -> None:
     ctx.obj = _Ctx(root, config_dir, state_dir)
 
@@ -396,6 +404,7 @@ from . import cli_agent  # noqa: E402,F401  (registers serve)
 from . import cli_vf  # noqa: E402,F401  (registers vf: count, list, set, reset, switchdev, offload)
 from . import cli_vgpu  # noqa: E402,F401  (registers vgpu types, list, create, remove, start-persisted)
 from . import cli_store  # noqa: E402,F401  (registers store check, backup)
+from . import cli_shell  # noqa: E402,F401  (registers completion)
 
 
 _COMMAND = None
