@@ -1,10 +1,8 @@
-"""Dry runs of assign and release: the same checks and refusals as the real operations, nothing written.
+"""``release --dry-run``: the same checks and refusals as a real release, then what it would do; nothing written.
 
-``assign --dry-run`` runs inside :meth:`Store.rehearsal`: discovery, the claims and their exclusivity rules happen
-as in a real assign, in one transaction that is rolled back; the takeover is planned by ``bind``'s own dry run (the
-same guards), VF settings are checked but not set. ``release --dry-run`` checks what the VM holds and reports what
-would be released, given back to its driver (``--restore``), reset (VF settings) or removed (vGPUs made for it).
-No journal, no lock file, no audit line: the state directory and the host stay as they were.
+It checks what the VM holds (the inventory in a rolled-back :meth:`Store.rehearsal`) and reports what would be
+released, given back to its driver (``--restore``, by ``restore``'s own dry run), reset (VF settings) or removed
+(vGPUs made for the VM). No journal, no lock file, no audit line. ``assign --dry-run`` is in service.py.
 """
 
 from __future__ import annotations
@@ -12,33 +10,11 @@ from __future__ import annotations
 import os
 
 from ..commands import Session
-from ..discovery import Inventory
-from ..host.iommu import is_vfio_driver
 from ..vfio import Store as Holdings
-from ..vfio import bind as vfio_bind
 from ..vfio import restore as vfio_restore
-from .service import (AssignResult, _claim_all, _hook_path, _NoFn, _to_release, _vfs_of, open_store,
-                      pci_addresses)
-from .spec import Spec
-from .store import Store
+from .service import _hook_path, _to_release, open_store, pci_addresses
 
-__all__ = ["rehearse_assign", "plan_release"]
-
-
-def rehearse_assign(s: Session, store: Store, inv: Inventory, vm: str, specs: list[Spec], direct: list[str], bind: bool,
-              vf_options: dict | None, pick: dict) -> AssignResult:
-    """assign --dry-run, inside Store.rehearsal: the claims as the real run makes them (then rolled back), the
-    takeover planned by bind's own dry run (its refusals), the VFs whose settings would be set. Writes nothing."""
-    res = AssignResult(vm, dry_run=True)
-    res.assignments = _claim_all(s, store, inv, vm, specs, direct, None, **pick)
-    res.vfs = _vfs_of(inv, res.assignments) if vf_options else []
-    addrs = pci_addresses([a.device for a in res.assignments])
-    todo = [a for a in addrs if not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
-    if bind and todo:
-        out = vfio_bind(s.host, s.paths, todo, group=True, dry_run=True)
-        res.bound = [d.address for d in out.devices if d.status == "would change"]
-        res.moves = {d.address: d.before for d in out.devices}
-    return res
+__all__ = ["plan_release"]
 
 
 def plan_release(s: Session, vm: str, texts: list[str] | None = None, *, restore: bool = False) -> dict:

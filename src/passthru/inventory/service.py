@@ -9,9 +9,7 @@ all-or-nothing: when a claim or a bind fails, what this call claimed is released
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass, field
 
 from ..commands import Session
@@ -20,14 +18,16 @@ from ..discovery import Inventory
 from ..errors import NotFoundError, PassthruError, UsageError
 from ..failpoints import hit
 from ..host.iommu import is_vfio_driver
-from ..journal import Op, journal_for
+from ..journal import journal_for
 from ..names import check_uuid, check_vm
 from .records import records_from
 from .spec import Spec, parse_spec
-from ..statefs import read_record, write_atomic
 from ..vfio import Store as Holdings
 from ..vfio import bind as vfio_bind
 from ..vfio import restore as vfio_restore
+from .kind_state import configure_vfs as _configure_vfs
+from .kind_state import hook_path as _hook_path  # reconcile and the dry runs import these from here
+from .kind_state import undo_kind as _undo_kind
 from .store import Assignment, ClaimError, Store
 
 __all__ = ["AssignResult", "open_store", "sync", "assign", "release", "attach", "detach", "pci_addresses",
@@ -212,11 +212,9 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
     store = open_store(s, dry_run)
     pick = dict(numa=numa, numa_policy=numa_policy, vm_uuid=vm_uuid)
     if dry_run:
-        from .dryrun import rehearse_assign
-
         with store.rehearsal():
             inv, direct = _prepare(s, store, vm, specs, bind)
-            return rehearse_assign(s, store, inv, vm, specs, direct, bind, vf_options, pick)
+            return _rehearse(s, store, inv, vm, specs, direct, bind, vf_options, pick)
     inv, direct = _prepare(s, store, vm, specs, bind)
     res = AssignResult(vm)
     before = {a.device for a in store.assignments(vm)}
@@ -295,6 +293,22 @@ def _claim_all(s: Session, store: Store, inv: Inventory, vm: str, specs: list[Sp
     return _dedupe(claimed)
 
 
+def _rehearse(s: Session, store: Store, inv: Inventory, vm: str, specs: list[Spec], direct: list[str], bind: bool,
+              vf_options: dict | None, pick: dict) -> AssignResult:
+    """assign --dry-run, inside Store.rehearsal: the claims as the real run makes them (then rolled back), the
+    takeover planned by bind's own dry run (its refusals), the VFs whose settings would be set. Writes nothing."""
+    res = AssignResult(vm, dry_run=True)
+    res.assignments = _claim_all(s, store, inv, vm, specs, direct, None, **pick)
+    res.vfs = _vfs_of(inv, res.assignments) if vf_options else []
+    addrs = pci_addresses([a.device for a in res.assignments])
+    todo = [a for a in addrs if not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
+    if bind and todo:
+        out = vfio_bind(s.host, s.paths, todo, group=True, dry_run=True)
+        res.bound = [d.address for d in out.devices if d.status == "would change"]
+        res.moves = {d.address: d.before for d in out.devices}
+    return res
+
+
 def undo_assign(s: Session, store: Store, doc: dict, *, kernel: object | None = None) -> dict:
     """Put back what the assign operation ``doc`` (its journal record) did: VF settings, the PCI devices it moved
     to vfio-pci, its pending claims. Used by assign itself on failure and by reconcile for one that died. Each
@@ -331,24 +345,6 @@ class _NoFn:
     driver = None
 
 
-# -- per-assignment host configuration by a device's kind (a NIC VF's MAC/VLAN...), undone on release -------------
-def _hook_path(s: Session, vm: str, ident: str) -> str:
-    return os.path.join(s.paths.state_dir, "kind-state", vm, re.sub(r"[^A-Za-z0-9.-]+", "_", ident) + ".json")
-
-
-def _configure_vfs(s: Session, vm: str, vfs: list[str], options: dict, op: Op) -> None:
-    """Each VF's settings, through its PF; the VF is named in the operation's journal before it is touched, so a
-    failure (undo_assign) or a kill (reconcile) puts its prior settings back."""
-    from ..kinds import kind_for
-
-    for ident in vfs:
-        op.update(vfs=[*op.get("vfs", []), ident])  # type: ignore[misc]
-        prior = kind_for("nic").before_assign(s.host, s.paths, vm, ident, options)
-        if prior:
-            write_atomic(_hook_path(s, vm, ident), json.dumps({"kind": "nic", "identity": ident, **prior}).encode(),
-                         0o600)
-
-
 def _vfs_of(inv: Inventory, claimed: list[Assignment]) -> list[str]:
     """The SR-IOV VFs among the claims, for VF settings; UsageError when there is none."""
     vfs = [a.device for a in claimed if a.device.startswith("pci:")
@@ -356,18 +352,6 @@ def _vfs_of(inv: Inventory, claimed: list[Assignment]) -> list[str]:
     if not vfs:
         raise UsageError("VF settings (--mac, --vlan, ...) were given but none of the devices is an SR-IOV VF")
     return vfs
-
-
-def _undo_kind(s: Session, vm: str, ident: str) -> None:
-    """Put back what a kind changed for this assignment (recorded at assign time), then forget the record."""
-    from ..kinds import kind_for
-
-    path = _hook_path(s, vm, ident)
-    rec = read_record(path, "move it away; `passthru vf reset PF N` puts the VF back")
-    if rec is None:
-        return
-    kind_for(rec.get("kind", "custom")).after_release(s.host, s.paths, vm, ident, rec)
-    os.unlink(path)
 
 
 def _dedupe(items: list[Assignment]) -> list[Assignment]:
