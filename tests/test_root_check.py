@@ -5,6 +5,7 @@ the IOMMU off and exit 0. Verbs that only write into a root (installing units in
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 
 import pytest
@@ -71,3 +72,28 @@ def test_installing_units_into_an_image_root_needs_no_host_tree(capsys, bad_root
     root, _ = bad_roots["empty"]
     rc, out, _ = cli(capsys, "--root", str(root), "units", "--install")
     assert rc == 0 and (root / "etc/systemd/system/passthru-apply-boot.service").exists(), out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_a_root_the_user_may_not_read_says_so(gpu_server):
+    """As uid 65534, the fixture (under root's 0700 pytest directory) exists but cannot be read: the message says
+    so and how, instead of claiming it does not exist."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        os.close(r)
+        msg = "ok"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            HostRoot(gpu_server, check=True).check_tree()
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            msg = str(e)
+        os.write(w, msg.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    assert got.startswith(f"host root {gpu_server} (--root / PASSTHRU_ROOT) cannot be read (Permission denied); "
+                          "run as root, or name a host tree"), got

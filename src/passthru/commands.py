@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # importing typing costs start-up time on every CLI call
     from typing import Any
 
 import json
-import os
 import sys
 
 from .errors import PassthruError, UsageError
@@ -33,7 +32,8 @@ class Session:
         from .host.root import HostRoot
 
         self.host = HostRoot.from_env(root)
-        if not self.host.is_live and not os.path.isdir(self.host.base):
+        problem = None if self.host.is_live else self.host.unusable()
+        if problem and "Permission" not in problem:
             self.host.check_tree()  # a root that is not even a directory: one line, exit 2, whatever the verb
         self.paths = Paths.for_root(self.host, config_dir, state_dir)
         self._models: list | None = None

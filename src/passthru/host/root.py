@@ -192,13 +192,29 @@ class HostRoot:
             return
         fix = "name a host tree: / or an extracted `passthru capture` (tar xzf FILE -C DIR)"
         where = f"host root {self.base} (--root / {ROOT_ENV})"
-        if not os.path.isdir(self.base):
-            what = "does not exist" if not os.path.lexists(self.base) else "is not a directory"
-            raise UsageError(f"{where} {what}; {fix}")
+        problem = self.unusable()
+        if problem:
+            raise UsageError(f"{where} {problem}; " + ("run as root, or " + fix[0].lower() + fix[1:]
+                                                       if "Permission" in problem else fix))
         missing = [d + "/" for d in ("sys", "proc") if not os.path.isdir(os.path.join(self.base, d))]
         if missing:
             raise UsageError(f"{where} is not a host tree: no {' and no '.join(missing)} in it; {fix}")
         self._checked = True
+
+    def unusable(self) -> str | None:
+        """Why this root cannot be a host tree at all ("does not exist", "is not a directory", "cannot be read
+        (Permission denied)"), or None when it is a directory (sys/ and proc/ not checked)."""
+        try:
+            st = os.stat(self.base)
+        except FileNotFoundError:
+            return "does not exist"
+        except NotADirectoryError:
+            return "is not a directory"
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+        import stat
+
+        return None if stat.S_ISDIR(st.st_mode) else "is not a directory"
 
     @property
     def is_live(self) -> bool:
