@@ -5,6 +5,12 @@ import pytest
 import sysfs_fixtures
 
 
+@pytest.fixture(autouse=True)
+def _no_columns_from_the_shell(monkeypatch):
+    """Tables fit $COLUMNS (tables.py): a narrow terminal that runs the tests must not change what they see."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.fixture
 def gpu_server(tmp_path):
     return sysfs_fixtures.gpu_server(tmp_path / "gpu_server")

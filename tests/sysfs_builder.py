@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -566,6 +567,14 @@ class SysfsBuilder:
         os.makedirs(d, exist_ok=True)
         _put(d + "/creatable_vgpu_types", "".join(line + "\n" for line in creatable))
         _attrs(d, {"current_vgpu_type": current})
+
+    def mdevctl(self, parent: str, uuid: str, type_id: str, *, start: str = "auto", attrs: list | None = None) -> str:
+        """An mdevctl definition, /etc/mdevctl.d/<parent>/<uuid> (no extension), as `mdevctl define` writes it."""
+        d = self.root / "etc" / "mdevctl.d" / parent
+        d.mkdir(parents=True, exist_ok=True)
+        doc = {"mdev_type": type_id, "start": start, "attrs": attrs or []}
+        _put(str(d / uuid), json.dumps(doc, indent=2) + "\n", 0o644)
+        return str(d / uuid)
 
     def nvme(self, address: str, index: int = 0, *, model: str = "Samsung SSD 970 EVO Plus 1TB",
              serial: str = "S4EWNX0N000000", size_gib: int = 931, partitions: tuple[int, ...] = ()) -> str:

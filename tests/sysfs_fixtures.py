@@ -4,7 +4,8 @@ Each ``make_<name>(root)`` builds the tree and returns the builder (its ``functi
 ``usb`` say what the fixture meant, for tests to compare with); ``<name>(root)`` returns just the root path.
 
 - gpu_server: 2-socket Intel (Xeon SP / C620) host, VT-d on (dmar0, dmar1), iommu=pt; four GTX 1080 Ti with
-  audio, a Tesla T4 with mdev types, an A100 with SR-IOV vGPU VFs, a dual-port ConnectX-5 with 8 VFs per port,
+  audio, a Tesla T4 with mdev types and one live vGPU that mdevctl defines (/etc/mdevctl.d), an A100 with SR-IOV
+  vGPU VFs (no type set), a dual-port ConnectX-5 with 8 VFs per port,
   two NVMe, xHCI with a hub, keyboard, FTDI serial adapter and a stick, PNP/platform/PCI serial ports, ASPEED BMC
   VGA (boot VGA) behind an AST1150 bridge.
 - broken_desktop: Ryzen APU desktop, AMD-Vi on (ivhd0), iommu=pt but no vfio arguments; the GTX 1080 Ti sits
@@ -119,6 +120,7 @@ def make_gpu_server(root: str | Path) -> SysfsBuilder:
                          f"max_instance={16 // fb}")
         for i, (name, fb) in enumerate((("T4-1B", 1), ("T4-2B", 2), ("T4-1Q", 1), ("T4-2Q", 2)))])
     b.mdev("0000:af:00.0", T4_MDEV_UUID, "nvidia-224")
+    b.mdevctl("0000:af:00.0", T4_MDEV_UUID, "nvidia-224")  # made by hand with mdevctl (start + define --auto)
     b.bridge("0000:d7:00.0", device=0x2030, numa_node=1, link=("16.0 GT/s PCIe", 16))
     b.pci("0000:d8:00.0", 0x10DE, 0x20B5, 0x030200, parent="0000:d7:00.0", driver="nvidia", numa_node=1,
           revision=0xA1, subsystem=(0x10DE, 0x1533), link=("16.0 GT/s PCIe", 16),

@@ -111,7 +111,28 @@ def test_unreadable_kernel_log_is_a_skip_not_a_guess(tmp_path):
     root = prepared(fx.make_gpu_server(tmp_path / "s"))
     (root / "dev/kmsg").unlink()
     f = checks(root)["iommu.irq_remapping"]
-    assert f.status == SKIP and "as root" in f.fix
+    # a root other than / is a fixture or capture: the log is not in it, and running as root would not help
+    assert f.status == SKIP and "not in this root" in f.fix and "as root" not in f.fix
+
+
+def test_what_cannot_be_read_says_why_by_where_doctor_runs(tmp_path):
+    from passthru.doctor import unreadable_fix
+    from passthru.host.root import HostRoot
+
+    capture = unreadable_fix(HostRoot(tmp_path), "the kernel log (/dev/kmsg)", "or set kernel.dmesg_restrict=0")
+    assert capture.startswith(f"the kernel log (/dev/kmsg): not in this root ({tmp_path}; a capture keeps only part")
+    user = unreadable_fix(HostRoot("/"), "the kernel log (/dev/kmsg)", "or set kernel.dmesg_restrict=0", euid=1000)
+    assert user == ("run `passthru doctor` as root (the kernel log (/dev/kmsg) is readable by root only, or set "
+                    "kernel.dmesg_restrict=0)")
+    root = unreadable_fix(HostRoot("/"), "the kernel log (/dev/kmsg)", euid=0)
+    assert "not readable even as root" in root and "run `passthru doctor` as root" not in root
+
+
+def test_doctor_on_a_fixture_never_says_run_as_root(tmp_path, capsys):
+    root = fx.gpu_server(tmp_path / "s")
+    assert cli_main(["--root", str(root), "doctor", "ttyS4", "0000:af:00.0"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "as root" not in out and "not in this root" in out
 
 
 @pytest.mark.parametrize("kernel, conf, status, words", [

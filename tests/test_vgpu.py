@@ -449,6 +449,7 @@ def test_start_persisted_recreates_what_is_gone_and_reports_what_cannot_start(ho
 
 def test_start_persisted_refuses_a_uuid_taken_by_another_type(host):
     h, paths, k = host
+    os.unlink(h.path(f"/etc/mdevctl.d/{T4}/{T4_UUID}"))  # mdevctl's UUIDs are mdevctl's to start (test_mdevctl.py)
     MdevStore(paths).define(T4_UUID, MDEV, T4, "nvidia-222")
     out = start_persisted(h, paths, kernel=k)
     assert out.items[0].status == "failed" and "exists as nvidia-224" in out.items[0].note
@@ -508,8 +509,9 @@ def test_a_failed_claim_takes_the_new_vgpu_back(host):
     from passthru.inventory import ClaimError
     from passthru.inventory.service import assign
 
-    # vm2 holds the T4 itself (recorded, not bound): an mdev of it cannot go to vm1 (parent exclusivity), so the new
-    # mdev goes again
+    # vm2 holds the T4 itself (recorded, not bound; its own vGPU removed first, or the T4 could not go whole): an mdev
+    # of it cannot go to vm1 (parent exclusivity), so the new mdev goes again
+    remove(h, paths, T4_UUID, kernel=k)
     assign(s, "vm2", [T4], bind=False)
     with pytest.raises(ClaimError):
         create(h, paths, T4, "nvidia-223", uuid=U1, vm="vm1", kernel=FakeMdevKernel(h))

@@ -3,8 +3,8 @@
 What is taken: the sysfs device trees for PCI, USB, serial, IOMMU and mdev (attributes as text, symlinks as
 symlinks, so driver/iommu_group/physfn/virtfn links replay exactly), the bus and class directories that point into
 them, IOMMU groups, hugepage and NUMA counters, a few procfs files (cmdline, cpuinfo, mounts, swaps, modules,
-meminfo) and the host-preparation files in /etc (os-release, default/grub, modules-load.d, kernel/cmdline,
-passthru's models.toml).
+meminfo), the host-preparation files in /etc (os-release, default/grub, modules-load.d, kernel/cmdline,
+passthru's models.toml) and mdevctl's vGPU definitions (/etc/mdevctl.d).
 
 What is never taken: anything outside that list (no /etc/shadow, no passthru token, no environment), BAR and ROM
 contents (``resourceN``, ``rom``: reading them can be huge or disturb the device), VPD, write-only attributes
@@ -22,6 +22,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 
+from .host.mdevctl import MDEVCTL_DIR
 from .host.root import HostRoot
 
 __all__ = ["capture_host", "CaptureStats", "SYS_TREES", "PROC_FILES", "ETC_FILES"]
@@ -254,6 +255,7 @@ def _kernel_log(w: _Writer) -> None:
 
 def capture_host(h: HostRoot, output: str) -> CaptureStats:
     """Write the snapshot of ``h`` to ``output`` (.tar.gz). Returns counts of what was written."""
+    h.check_tree()  # an empty or mistyped root would make an empty capture
     tmp = output + ".part"
     try:
         with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
@@ -267,6 +269,9 @@ def capture_host(h: HostRoot, output: str) -> CaptureStats:
             for d in ETC_DIRS:
                 for name in h.listdir(h.path(d)):
                     w.add_file(f"{d}/{name}")
+            for parent in h.listdir(h.path(MDEVCTL_DIR)):  # mdevctl's definitions: <parent>/<uuid>
+                for name in h.listdir(h.path(f"{MDEVCTL_DIR}/{parent}")):
+                    w.add_file(f"{MDEVCTL_DIR}/{parent}/{name}")
             _kernel_log(w)
             manifest = json.dumps({
                 "format": "passthru-capture/1",

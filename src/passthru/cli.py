@@ -50,6 +50,12 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _completion_hint(value: bool) -> None:
+    if value:
+        raise UsageError("passthru prints its completion script instead: `passthru completion bash > "
+                         "/etc/bash_completion.d/passthru` (or zsh, fish; see `passthru completion --help`)")
+
+
 @app.callback()
 def _main(
     ctx: typer.Context,
@@ -64,6 +70,8 @@ def _main(
         help="State directory [default: ROOT/var/lib/passthru].")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    _install: Annotated[bool, typer.Option("--install-completion", "--show-completion", callback=_completion_hint,
+                                           is_eager=True, hidden=True)] = False,
 ) -> None:
     ctx.obj = _Ctx(root, config_dir, state_dir)
 
@@ -81,16 +89,17 @@ def _console():
     return Console(highlight=False, soft_wrap=False, width=width)
 
 
-def _table(title: str | None, columns: list[str]):
-    from rich.table import Table
+def _table(title: str | None, columns: list[str], drop: tuple[str, ...] = ()):
+    """A table that fits the output width (tables.py): names wrap, IDs stay whole, ``drop`` goes first if need be."""
+    from .tables import Table
 
-    t = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    for c in columns:
-        t.add_column(c, overflow="fold", no_wrap=c in ("ADDRESS/ID", "ADDRESS", "IDS", "PORT PATH", "DRIVER"))
-    return t
+    return Table(title, columns, drop=drop)
 
 
 def _s(v: Any) -> str:
+    """A value in text output: "-" for none, booleans as the CLI's own option values (on/off), never Python's."""
+    if isinstance(v, bool):
+        return "on" if v else "off"
     return "-" if v is None or v == "" else str(v)
 
 
@@ -117,7 +126,8 @@ def devices(
     con = _console()
     if not inv.iommu.enabled:
         con.print(f"[yellow]! {inv.iommu.message}[/yellow]")
-    t = _table(None, ["ADDRESS/ID", "KIND", "ROLE", "IDS", "NAME", "DRIVER", "GROUP", "NUMA", "NOTES"])
+    t = _table(None, ["ADDRESS/ID", "KIND", "ROLE", "IDS", "NAME", "DRIVER", "GROUP", "NUMA", "NOTES"],
+               drop=("NOTES", "ROLE", "NUMA", "IDS"))
     shown = 0
     for d in selected:
         if d.kind == "bridge" and not (all_ or kind == "bridge"):
@@ -177,7 +187,7 @@ def groups(
     if not inv.iommu.enabled:
         con.print(f"[yellow]! {inv.iommu.message}[/yellow]")
         return
-    t = _table(None, ["GROUP", "VIABLE", "ADDRESS", "KIND", "IDS", "NAME", "DRIVER"])
+    t = _table(None, ["GROUP", "VIABLE", "ADDRESS", "KIND", "IDS", "NAME", "DRIVER"], drop=("KIND", "IDS", "NAME"))
     for g in gs:
         first = True
         for addr in g.devices or ("-",):
@@ -213,7 +223,8 @@ def usb(
     if not devs:
         con.print("no USB devices (no USB bus on this host)")
         return
-    t = _table(None, ["PORT PATH", "BUS", "DEV", "IDS", "NAME", "SERIAL", "SPEED", "DRIVER", "NOTES"])
+    t = _table(None, ["PORT PATH", "BUS", "DEV", "IDS", "NAME", "SERIAL", "SPEED", "DRIVER", "NOTES"],
+               drop=("DEV", "BUS", "SPEED", "SERIAL"))
     for u in devs:
         d = usb_json(u, names)
         notes = "root hub" if u.is_root_hub else ("hub" if u.is_hub else "")
@@ -236,7 +247,7 @@ def serial(
         return
     ports = scan_serial(c.host)
     con = _console()
-    t = _table(None, ["PORT", "DEVICE", "TYPE", "BACKING", "DRIVER", "NOTES"])
+    t = _table(None, ["PORT", "DEVICE", "TYPE", "BACKING", "DRIVER", "NOTES"], drop=("TYPE",))
     for p in ports:
         notes = ", ".join(n for n, on in (("console", p.console), ("ghost: no UART", p.ghost)) if on)
         t.add_row(p.name, p.device, p.kind, f"{p.backing_bus} {p.backing_id}" if p.backing_bus else "-",
@@ -415,6 +426,7 @@ from . import cli_vf  # noqa: E402,F401  (registers vf: count, list, set, reset,
 from . import cli_vgpu  # noqa: E402,F401  (registers vgpu types, list, create, remove, start-persisted)
 from . import cli_store  # noqa: E402,F401  (registers store check, backup)
 from . import cli_hooks  # noqa: E402,F401  (registers hooks show, install, uninstall, libvirt, proxmox)
+from . import cli_shell  # noqa: E402,F401  (registers completion)
 
 
 _COMMAND = None

@@ -68,16 +68,14 @@ def backup(
     """
     import os
 
-    from sqlalchemy.engine import make_url
-
-    from .inventory.engine import sqlite_file
+    from .inventory.engine import parse_url, sqlite_file
     from .inventory.health import backup_sqlite
 
     c: _Ctx = ctx.obj
-    url = _url(c)
-    db = sqlite_file(make_url(url))
+    url = parse_url(_url(c))
+    db = sqlite_file(url)
     if db is None:
-        raise UsageError(f"{make_url(url).render_as_string(hide_password=True)}: not a SQLite file; back it up with "
+        raise UsageError(f"{url.render_as_string(hide_password=True)}: not a SQLite file; back it up with "
                          "the database's own tools (pg_dump for PostgreSQL)")
     if not os.path.exists(db):
         raise UsageError(f"{db}: no inventory database yet; nothing to back up")

@@ -101,7 +101,7 @@ def vf_list(
         if not p["vfs"]:
             continue
         t = _table(None, ["VF", "ADDRESS", "DRIVER", "MAC", "VLAN", "QOS", "SPOOFCHK", "TRUST", "LINK", "RATE",
-                          "REPRESENTOR", "NOTES"])
+                          "REPRESENTOR", "NOTES"], drop=("REPRESENTOR", "RATE", "QOS", "LINK", "TRUST", "SPOOFCHK"))
         for v in p["vfs"]:
             onoff = {True: "on", False: "off", None: "-"}
             rate = "-" if v["max_tx_rate"] is None else f"{v['min_tx_rate'] or 0}-{v['max_tx_rate'] or 'max'}"
@@ -127,7 +127,7 @@ def _print_vf(out, as_json: bool) -> None:
     else:
         word = "restored" if out.status == "restored" else "set"
         shown = {k: v for k, v in (out.after or {}).items() if v is not None}
-        print(f"{out.pf}: VF {out.vf} {word}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+        print(f"{out.pf}: VF {out.vf} {word}: " + ", ".join(f"{k} {_s(v)}" for k, v in shown.items()))
         if out.status == "changed":
             print(f"  prior recorded ({', '.join(sorted(out.prior))}): `passthru vf reset {out.pf.name} {out.vf}`"
                   " puts it back")

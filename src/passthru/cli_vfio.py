@@ -77,19 +77,23 @@ def restore(
     ctx: typer.Context,
     addresses: Annotated[Optional[list[str]], typer.Argument(metavar="[ADDRESS...]")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Give back every device passthru holds.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would go back; change nothing.")] = False,
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Give devices back to the driver they had before `passthru bind` (and drop their boot persistence).
 
     A device's held IOMMU group mates go back with it. Examples: `passthru restore 0000:86:00.0`,
-    `passthru restore --all`.
+    `passthru restore --all`, `passthru restore --all --dry-run`.
     """
     from .vfio import restore as do_restore
 
     if bool(addresses) == all_:
         raise UsageError("name the devices to give back, or --all (not both)")
     c: _Ctx = ctx.obj
-    _print(do_restore(c.host, c.paths, None if all_ else addresses), as_json)
+    out = do_restore(c.host, c.paths, None if all_ else addresses, dry_run=dry_run)
+    _print(out, as_json)
+    if dry_run and not as_json:
+        _console().print("dry run: nothing was changed", markup=False)
 
 
 @app.command()

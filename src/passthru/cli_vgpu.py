@@ -44,7 +44,8 @@ def types(
         print("no vGPU parents on this host: none in /sys/class/mdev_bus and no GPU VF with nvidia/"
               "creatable_vgpu_types (load the vendor's vGPU host driver; AMD SR-IOV GPUs: assign their VFs)")
         return
-    t = _table(None, ["PARENT", "BUS", "TYPE", "NAME", "AVAILABLE", "INSTANCES", "API", "DESCRIPTION"])
+    t = _table(None, ["PARENT", "BUS", "TYPE", "NAME", "AVAILABLE", "INSTANCES", "API", "DESCRIPTION"],
+               drop=("DESCRIPTION", "API", "BUS", "INSTANCES"))
     for p in doc["parents"]:
         bus = p["bus"] + (" (SR-IOV VFs)" if p["mode"] == "nvidia-sriov" else "")
         for ty in p["types"]:
@@ -137,9 +138,8 @@ def remove(
 
 @vgpu_app.command("list")
 def list_(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
-    """vGPU instances: live ones, persisted definitions, and which passthru made (and for which VM).
-
-    Example: `passthru vgpu list --json`.
+    """vGPU instances: live ones, definitions (passthru's and mdevctl's /etc/mdevctl.d), and which passthru made (and
+    for which VM). Example: `passthru vgpu list --json`.
     """
     from .mdev import list_vgpus
 
@@ -151,14 +151,28 @@ def list_(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
     if not rows:
         print("no vGPU instances (create one with `passthru vgpu create [PARENT] TYPE`)")
         return
-    t = _table(None, ["ID", "PARENT", "TYPE", "NAME", "STATE", "PERSISTED", "GROUP", "MADE BY"])
+    t = _table(None, ["ID", "PARENT", "TYPE", "NAME", "GROUP", "STATUS"], drop=("GROUP", "NAME"))
     for r in rows:
-        pt = r["passthru"]
-        made = "-" if pt is None else f"passthru for {pt['vm']}" if pt["vm"] else "passthru"
-        state = "live" if r["live"] else "defined, not live"
-        t.add_row(r["id"], r["parent"], _s(r["mdev_type"]), _s(r["type_name"]), state,
-                  "at boot" if r["persisted"] else "-", _s(r["iommu_group"]), made)
+        t.add_row(r["id"], r["parent"], _s(r["mdev_type"]), _s(r["type_name"]), _s(r["iommu_group"]), _status(r))
     _console().print(t)
+
+
+def _status(r: dict) -> str:
+    """"live; at boot: mdevctl (auto); made by passthru for vm1" - what `vgpu list` knows of one vGPU, in words."""
+    out = ["live" if r["live"] else "not live"]
+    ctl, pt = r.get("mdevctl"), r["passthru"]
+    if r["persisted"]:
+        out.append("at boot: passthru")
+    if ctl is not None:
+        start = {"auto": "at boot", "manual": "on `mdevctl start`"}.get(ctl["start"] or "", ctl["start"] or "?")
+        differs = " as " + _s(ctl["mdev_type"]) if ctl["mdev_type"] != r["mdev_type"] else ""
+        out.append(f"defined by mdevctl{differs} ({start})" if not ctl["problem"] else
+                   f"mdevctl file unreadable: {ctl['problem']} ({ctl['path']})")
+    if pt is not None:
+        out.append(f"made by passthru for {pt['vm']}" if pt["vm"] else "made by passthru")
+        if pt["phase"] != "created":
+            out.append(f"{pt['phase']} (interrupted: the next vgpu command settles it)")
+    return "; ".join(out)
 
 
 @vgpu_app.command("start-persisted")

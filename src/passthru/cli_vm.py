@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import _Ctx, _console, _emit_json, app
+from .cli import _Ctx, _console, _emit_json, _s, app
 from .errors import UsageError
 
 _JSON = typer.Option("--json", help="Print the JSON document.")
+_DRY = typer.Option("--dry-run", help="Show what would change (same checks and refusals); change nothing.")
 model_app = typer.Typer(name="model", help="Custom PCI device types (models.toml): add, list, remove.",
                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(model_app)
@@ -76,13 +77,15 @@ def assign(
     rate_min: Annotated[Optional[int], typer.Option("--rate-min", help="NIC VF: Mbit/s.")] = None,
     rate_max: Annotated[Optional[int], typer.Option("--rate-max", help="NIC VF: Mbit/s.")] = None,
     link_state: Annotated[Optional[str], typer.Option("--link-state", help="NIC VF: auto, enable, disable.")] = None,
+    dry_run: Annotated[bool, _DRY] = False,
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Give devices to a VM: claimed atomically (never two VMs), PCI groups taken over for vfio-pci.
 
     Examples: `passthru assign vm1 0000:86:00.0`, `passthru assign vm1 gpu --numa 1`,
     `passthru assign vm1 usb:0403:6001 serial:/dev/ttyS4`, `passthru assign vm1 0000:3b:00.2 --mac
-    52:54:00:12:34:56 --vlan 100 --spoofchk on` (a VF, configured through its PF; put back on release).
+    52:54:00:12:34:56 --vlan 100 --spoofchk on` (a VF, configured through its PF; put back on release),
+    `passthru assign vm1 gpu --dry-run` (what would be claimed and moved; same refusals, nothing changed).
     """
     from .inventory.service import assign as do_assign
 
@@ -91,9 +94,18 @@ def assign(
                             "min_tx_rate": rate_min, "max_tx_rate": rate_max, "link_state": link_state}.items()
           if v is not None}
     res = do_assign(c, vm, specs, numa=numa, numa_policy=numa_policy, vm_uuid=vm_uuid, bind=not no_bind,
-                    vf_options=vf or None)
+                    vf_options=vf or None, dry_run=dry_run)
     if as_json:
         _emit_json(res.to_json())
+        return
+    if dry_run:
+        for a in res.assignments:
+            print(f"{vm}: {a.device} would be reserved")
+        for b in res.bound:
+            print(f"{b}: would move to vfio-pci ({res.moves.get(b) or 'no driver'} -> vfio-pci)")
+        for v in res.vfs:
+            print(f"{v}: VF settings would be set ({', '.join(f'{k} {_s(x)}' for k, x in vf.items())})")
+        print("dry run: nothing was changed")
         return
     for a in res.assignments:
         print(f"{vm}: {a.device} {a.state}")
@@ -107,13 +119,31 @@ def release(
     vm: Annotated[str, typer.Argument(help="VM name.")],
     specs: Annotated[Optional[list[str]], typer.Argument(metavar="[SPEC...]", help="Default: all its devices.")] = None,
     restore: Annotated[bool, typer.Option("--restore", help="Give PCI devices back to their host drivers.")] = False,
+    dry_run: Annotated[bool, _DRY] = False,
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Take devices away from a VM's record (all of them, or the SPECs). Examples: `passthru release vm1`,
-    `passthru release vm1 0000:86:00.0 --restore`."""
+    `passthru release vm1 0000:86:00.0 --restore`, `passthru release vm1 --restore --dry-run`."""
+    from .inventory.service import plan_release
     from .inventory.service import release as do_release
 
     c: _Ctx = ctx.obj
+    if dry_run:
+        doc = plan_release(c, vm, specs or None, restore=restore)
+        if as_json:
+            _emit_json(doc)
+            return
+        for ident in doc["released"]:
+            print(f"{vm}: {ident} would be released")
+        for ident in doc["vf_settings_restored"]:
+            print(f"{ident}: its VF settings would be put back")
+        for m in doc["restored"]:
+            mate = f" (group mate of {m['group_mate_of']})" if m["group_mate_of"] else ""
+            print(f"{m['address']}{mate}: {m['status']} ({m['from'] or 'no driver'} -> {m['to'] or 'no driver'})")
+        for ident in doc["vgpus_removed"]:
+            print(f"{ident}: made for {vm} (`vgpu create --vm`): would be removed")
+        print("dry run: nothing was changed")
+        return
     out = do_release(c, vm, specs or None, restore=restore)
     if as_json:
         _emit_json({"schema": 1, "vm": vm, "released": [a.device for a in out]})

@@ -32,6 +32,9 @@ class Session:
         from .host.root import HostRoot
 
         self.host = HostRoot.from_env(root)
+        problem = None if self.host.is_live else self.host.unusable()
+        if problem and "Permission" not in problem:
+            self.host.check_tree()  # a root that is not even a directory: one line, exit 2, whatever the verb
         self.paths = Paths.for_root(self.host, config_dir, state_dir)
         self._models: list | None = None
         self._namer = None

@@ -8,8 +8,9 @@ groups); kernel arguments for this vendor in /proc/cmdline; boot configuration (
 /etc/kernel/cmdline) or a ``prepare --apply`` of this boot not yet in effect (reboot needed); interrupt remapping (and whether
 allow_unsafe_interrupts is needed or only weakens isolation); vfio modules loaded and configured for boot
 (vfio_virqfd only before 6.2); early binding in the initramfs and on its devices (doctor_initramfs.py); hugepages;
-locked-memory limit; host graphics drivers. Device checks, for each DEVICE given: present, bound driver, IOMMU
-group viability with the offending mates named, boot VGA.
+locked-memory limit; host graphics drivers. Device checks, for each DEVICE given: present, what the host uses it
+for (mounts, addresses, consoles, live vGPUs: what `bind` refuses), bound driver, IOMMU group viability with the
+offending mates named, boot VGA.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from .config import Paths
 from .discovery import Device, Inventory, discover
-from .findings import FAIL, PASS, SKIP, WARN, Finding  # re-exported: doctor's callers name them here
+from .findings import FAIL, PASS, SKIP, WARN, Finding, unreadable_fix  # re-exported: doctor's callers name them here
 from .host.boot import arg_key, configured_args, read_boot
 from .host.cpu import CpuInfo, read_cpu
 from .host.iommu import group_verdict, is_vfio_driver, platform_vendor
@@ -28,7 +29,7 @@ from .host.kernel import (IR_OFF, IR_ON, KernelInfo, boot_modules, cmdline_value
 from .host.memory import read_hugepages, read_memlock, read_memtotal_kib
 from .host.root import HostRoot
 
-__all__ = ["Finding", "Report", "run_doctor", "PASS", "WARN", "FAIL", "SKIP", "VFIO_MODULES"]
+__all__ = ["Finding", "Report", "run_doctor", "unreadable_fix", "PASS", "WARN", "FAIL", "SKIP", "VFIO_MODULES"]
 
 VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci")
 HOST_GPU_DRIVERS = frozenset({"nouveau", "nvidia", "amdgpu", "radeon", "i915", "xe", "snd_hda_intel"})
@@ -117,7 +118,8 @@ def _check_iommu(r: Report, f: _Facts) -> None:
         r.add("iommu.firmware", "IOMMU in firmware", PASS, "; ".join(ev))
     elif f.log is None and not h.exists(f"{h.sys}/firmware/acpi/tables"):
         r.add("iommu.firmware", "IOMMU in firmware", SKIP,
-              "neither ACPI tables nor the kernel log are readable here", "run `passthru doctor` as root")
+              "neither ACPI tables nor the kernel log are readable here",
+              unreadable_fix(h, "the ACPI tables and the kernel log (/dev/kmsg)"))
     else:
         r.add("iommu.firmware", "IOMMU in firmware", FAIL,
               "no ACPI DMAR/IVRS table and no DMAR:/AMD-Vi: lines in the kernel log",
@@ -211,7 +213,7 @@ def _check_irq_remapping(r: Report, f: _Facts) -> None:
         return
     if f.log is None:
         r.add("iommu.irq_remapping", "Interrupt remapping", SKIP, "kernel log not readable",
-              "run `passthru doctor` as root (or set kernel.dmesg_restrict=0)")
+              unreadable_fix(f.h, "the kernel log (/dev/kmsg)", "or set kernel.dmesg_restrict=0"))
         return
     if unsafe:
         r.add("iommu.irq_remapping", "Interrupt remapping", WARN,
@@ -307,8 +309,9 @@ def _check_host_gpu_drivers(r: Report, f: _Facts, selected: list[Device]) -> Non
               "no host graphics driver holds a selected GPU" if selected else "no GPU selected or nouveau loaded")
 
 
-def _check_host_use(r: Report, f: _Facts, dev: Device) -> None:
-    """What the host uses the device (and its IOMMU group mates) for: what `passthru bind` would refuse."""
+def _check_host_use(r: Report, f: _Facts, dev: Device) -> bool:
+    """What the host uses the device (and its IOMMU group mates) for: what `passthru bind` would refuse. True when
+    something there cannot be overridden (the bind stays refused until it is gone)."""
     from .host.usage import host_uses
 
     mates = [m.address for m in f.inv.group_mates(dev.id) if not m.is_bridge and not is_vfio_driver(m.driver)]
@@ -316,15 +319,21 @@ def _check_host_use(r: Report, f: _Facts, dev: Device) -> None:
     found = [(a, u) for a in [dev.id, *mates] for u in uses.get(a, []) if u.what != "boot_vga"]
     if not found:
         r.add("device.host_use", "Not in use by the host", PASS,
-              f"{dev.id}{' and its group mates' if mates else ''}: no mounts, swap, addresses or consoles",
+              f"{dev.id}{' and its group mates' if mates else ''}: no mounts, swap, addresses, consoles or vGPUs",
               device=dev.id)
-        return
+        return False
     hard = [(a, u) for a, u in found if u.override is None]
     ev = "; ".join(f"{a if a == dev.id else f'group mate {a}'}: {u.detail}" for a, u in found[:3])
     ev += f" (and {len(found) - 3} more)" if len(found) > 3 else ""
-    fix = ("stop that use first (unmount, swapoff, move the console), or pass through another device" if hard else
-           f"release it first, or `passthru bind {dev.id} {found[0][1].override}` if the host can lose it")
+    if any(u.what == "vgpus" for _, u in hard):
+        fix = ("remove the vGPUs named (`passthru vgpu remove ID`; a VM using one loses it), or give VMs vGPUs of "
+               "this GPU instead of the whole GPU (`passthru vgpu create`)")
+    elif hard:
+        fix = "stop that use first (unmount, swapoff, move the console), or pass through another device"
+    else:
+        fix = f"release it first, or `passthru bind {dev.id} {found[0][1].override}` if the host can lose it"
     r.add("device.host_use", "Not in use by the host", FAIL if hard else WARN, ev, fix, device=dev.id)
+    return bool(hard)
 
 
 def _check_device(r: Report, f: _Facts, dev: Device) -> None:
@@ -339,13 +348,13 @@ def _check_device(r: Report, f: _Facts, dev: Device) -> None:
               f"{dev.id} is the GPU the firmware and console use (boot_vga=1)",
               "pass through another GPU, or move the console to another GPU / the BMC in the firmware setup",
               device=dev.id)
-    if not is_vfio_driver(fn.driver):
-        _check_host_use(r, f, dev)
+    blocked = not is_vfio_driver(fn.driver) and _check_host_use(r, f, dev)
+    then = " once the host no longer uses it (device.host_use)" if blocked else ""
     if is_vfio_driver(fn.driver):
         r.add("device.driver", "Bound to vfio-pci", PASS, f"{dev.id} driver {fn.driver}", device=dev.id)
     else:
         r.add("device.driver", "Bound to vfio-pci", WARN,
-              f"{dev.id} driver {fn.driver or 'none'}", f"`passthru bind {dev.id} --group`", device=dev.id)
+              f"{dev.id} driver {fn.driver or 'none'}", f"`passthru bind {dev.id} --group`{then}", device=dev.id)
     if fn.iommu_group is None:
         r.add("device.group", "IOMMU group viable", FAIL, f"{dev.id} has no IOMMU group ({f.inv.iommu.message})",
               "enable the IOMMU first (see iommu.* checks)", device=dev.id)
@@ -360,7 +369,7 @@ def _check_device(r: Report, f: _Facts, dev: Device) -> None:
     strangers = [b for b in others if b not in companions]
     status = WARN if not strangers else FAIL
     fix = (f"`passthru bind {dev.id} --group` moves the whole group ({', '.join(others or [dev.id])}) to vfio-pci"
-           if not strangers else
+           f"{then}" if not strangers else
            f"group {fn.iommu_group} also holds {', '.join(strangers)} which the host uses: bind them too "
            "(`--group`) if the host can spare them, or move the card to a slot with its own group (ACS)")
     r.add("device.group", "IOMMU group viable", status, f"group {fn.iommu_group}: {reason}", fix, device=dev.id)

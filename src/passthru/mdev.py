@@ -19,6 +19,11 @@ Records, like the takeover's (journal first, atomic files, one audit log):
   ``passthru vgpu start-persisted`` (:func:`start_persisted`). ``vgpu list --json`` entries carry the same keys.
 - ``<state>/audit.log``: one line per write (the takeover's log).
 
+mdevctl's definitions (``/etc/mdevctl.d``) are read, never written: a UUID mdevctl defines has one owner, mdevctl.
+``create --persist`` refuses to contradict one and does not duplicate one that agrees; ``start_persisted`` leaves
+it to mdevctl's udev rule; ``remove`` removes the live instance and says that mdevctl's definition stays
+(``mdev_state.py``).
+
     create(h, paths, "mtty", "mtty-2", persist=True)        # -> VgpuResult(id=<uuid>, status="created")
     create(h, paths, None, "GRID T4-1Q", placement="spread")
     remove(h, paths, uuid)                                   # and its definition (keep_definition=True keeps it)
@@ -29,30 +34,26 @@ Records, like the takeover's (journal first, atomic files, one audit log):
 from __future__ import annotations
 
 import errno
-import json
 import os
-import time
 import uuid as uuidlib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 from .config import Paths
-from .errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
+from .errors import HostError, NotFoundError, PassthruError, UsageError
 from .host.pci import normalize_address
 from .failpoints import hit
 from .journal import journal_for
 from .names import check_vm
 from .host.root import HostRoot
-from .kinds.vgpu import (MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, candidates, capacity, find_parent,
-                         match_type, pick, scan_parents, unknown_type)
-from .statefs import (FileLock, append_line, caller, ensure_dir, fsync_dir, list_names, read_record, write_atomic,
-                      write_if_changed)
+from .kinds.vgpu import (MDEV, SRIOV, UUID_RE, Parent, VgpuType, candidates, capacity, find_parent, match_type, pick,
+                         scan_parents, unknown_type)
+from .mdev_state import (CREATED, CREATING, REMOVING, MdevStore, Record, instances, list_vgpus, mdevctl_conflict,
+                         mdevctl_owned, type_name)
 from .vfio.kernel import Kernel
 
 __all__ = ["MdevKernel", "Record", "MdevStore", "VgpuResult", "VgpuOutcome", "create", "remove", "start_persisted",
-           "release_created", "list_vgpus", "types_doc", "parse_id"]
+           "release_created", "list_vgpus", "types_doc", "parse_id", "CREATING", "CREATED", "REMOVING"]
 
-CREATING, CREATED, REMOVING = "creating", "created", "removing"
-_SCHEMA = 1
 _HINTS = {
     errno.EEXIST: "a mediated device with this UUID already exists",
     errno.EUSERS: "no instance of this type is left on the parent",
@@ -120,114 +121,6 @@ def mdev_kernel(h: HostRoot, kernel: Kernel | None = None) -> MdevKernel:
     return kernel if isinstance(kernel, MdevKernel) else MdevKernel(h)
 
 
-# -- records and definitions --------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Record:
-    id: str  # mdev UUID or VF address
-    mode: str
-    parent: str
-    mdev_type: str
-    phase: str
-    vm: str | None = None  # made for this VM's assignment (`vgpu create --vm`): removed when it releases
-    prior_type: str | None = None  # SRIOV: the VF's current_vgpu_type before
-    since: str = ""
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _load(path: str) -> dict | None:
-    return read_record(path)
-
-
-class MdevStore:
-    """The vGPU records and persisted definitions under one :class:`Paths`."""
-
-    def __init__(self, paths: Paths) -> None:
-        self.paths = paths
-        self.rec_dir = os.path.join(paths.state_dir, "mdev")
-        self.def_dir = os.path.join(paths.config_dir, "mdev.d")
-
-    def lock(self) -> FileLock:
-        return FileLock(os.path.join(self.paths.state_dir, "mdev.lock"), "vgpu create/remove")
-
-    def audit(self, action: str, device: str, before: object, after: object, **extra: object) -> None:
-        """One line in ``<state>/audit.log`` (the takeover's log, same entries); never through a link."""
-        entry = {"time": _now(), "action": action, "device": device, "before": before, "after": after,
-                 "caller": caller(), **extra}
-        append_line(os.path.join(self.paths.state_dir, "audit.log"), json.dumps(entry, sort_keys=True))
-
-    # records
-    def get(self, ident: str) -> Record | None:
-        path = os.path.join(self.rec_dir, f"{ident}.json")
-        doc = _load(path)
-        if doc is None:
-            return None
-        names = {f.name for f in fields(Record)}
-        try:
-            return Record(**{k: v for k, v in doc.items() if k in names})
-        except TypeError as e:
-            raise ConfigError(f"{path}: not a passthru vGPU record ({e}); move it away") from None
-
-    def records(self) -> list[Record]:
-        return [r for n in list_names(self.rec_dir) if (r := self.get(n[:-5])) is not None]
-
-    def save(self, rec: Record) -> Record:
-        rec = rec if rec.since else replace(rec, since=_now())
-        ensure_dir(self.rec_dir, 0o700)
-        data = json.dumps({"schema": _SCHEMA, **asdict(rec)}, indent=2) + "\n"
-        write_atomic(os.path.join(self.rec_dir, f"{rec.id}.json"), data.encode(), 0o600)
-        return rec
-
-    def drop(self, ident: str) -> None:
-        try:
-            os.unlink(os.path.join(self.rec_dir, f"{ident}.json"))
-        except FileNotFoundError:
-            return
-        fsync_dir(self.rec_dir)
-
-    # definitions
-    def definitions(self) -> list[dict]:
-        out = []
-        for parent in list_names(self.def_dir, ""):
-            if not os.path.isdir(os.path.join(self.def_dir, parent)):
-                continue  # a stray file: not a parent's directory
-            for name in list_names(os.path.join(self.def_dir, parent)):
-                doc = _load(os.path.join(self.def_dir, parent, name))
-                if doc is not None and isinstance(doc.get("mdev_type"), str):
-                    out.append({**doc, "id": name[:-5], "parent": parent, "mode": doc.get("mode", MDEV)})
-        return out
-
-    def definition(self, ident: str) -> dict | None:
-        return next((d for d in self.definitions() if d["id"] == ident), None)
-
-    def define(self, ident: str, mode: str, parent: str, mdev_type: str) -> bool:
-        """Write the definition; False when the same one is already there."""
-        doc = {"schema": _SCHEMA, "id": ident, "mode": mode, "parent": parent, "mdev_type": mdev_type,
-               "start": "auto", "attrs": []}
-        data = (json.dumps(doc, indent=2) + "\n").encode()
-        old = self.definition(ident)
-        if old is not None and old["parent"] != parent:
-            self.undefine(ident)
-        path = os.path.join(self.def_dir, parent, f"{ident}.json")
-        return write_if_changed(path, data, 0o644)
-
-    def undefine(self, ident: str) -> bool:
-        d = self.definition(ident)
-        if d is None:
-            return False
-        pdir = os.path.join(self.def_dir, d["parent"])
-        os.unlink(os.path.join(pdir, f"{ident}.json"))
-        fsync_dir(pdir)
-        if not list_names(pdir, ""):
-            try:
-                os.rmdir(pdir)
-            except OSError:
-                pass
-        return True
-
-
 # -- results ------------------------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class VgpuResult:
@@ -236,7 +129,7 @@ class VgpuResult:
     parent: str
     mdev_type: str
     type_name: str | None
-    status: str  # created | unchanged | would create | removed | would remove | undefined | failed
+    status: str  # created | unchanged | would create | removed | would remove | undefined | failed | left to mdevctl
     note: str = ""
     persisted: bool = False
     vm: str | None = None
@@ -274,16 +167,6 @@ def parse_id(text: str) -> tuple[str, str]:
     except ValueError:
         raise UsageError(f"{text!r} is not a UUID (like 4b20d080-1b54-4048-85b3-a6a62d165c01) nor the PCI address "
                          "of an NVIDIA vGPU VF") from None
-
-
-def _instances(parents: list[Parent]) -> dict[str, Instance]:
-    return {i.id: i for p in parents for i in p.instances}
-
-
-def _type_name(parents: list[Parent], parent: str, type_id: str) -> str | None:
-    p = next((x for x in parents if x.name == parent), None)
-    t = p.type(type_id) if p else None
-    return t.name if t else None
 
 
 def _holder(paths: Paths, identity: str) -> str | None:
@@ -348,7 +231,7 @@ def create(h: HostRoot, paths: Paths, parent: str | None, type_text: str, *, uui
             raise UsageError(f"--uuid {uuid!r} is not a UUID (like 4b20d080-1b54-4048-85b3-a6a62d165c01)")
     parents = scan_parents(h)
     p, t, vf = _plan(parents, parent, type_text, placement)
-    live = _instances(parents)
+    live = instances(parents)
     if p.mode == MDEV:
         ident = uuid or str(uuidlib.uuid4())
         have = live.get(ident)
@@ -368,6 +251,11 @@ def create(h: HostRoot, paths: Paths, parent: str | None, type_text: str, *, uui
             free = (p.free_vfs or {}).get(t.id, ())
             ident = free[0] if free else ""
     res = VgpuResult(ident, p.mode, p.name, t.id, t.name, "unchanged" if have else "would create", vm=vm)
+    ctl = mdevctl_conflict(h, ident, p.name, t.id) if persist else mdevctl_owned(h, ident)
+    if ctl is not None and persist:
+        persist, res.note = False, f"mdevctl defines it ({ctl.path}, start {ctl.start or '?'}): mdevctl persists it"
+    elif ctl is not None and (ctl.parent, ctl.mdev_type) != (p.name, t.id):
+        res.note = f"mdevctl defines it as {ctl.mdev_type or '?'} on {ctl.parent} ({ctl.path}): they differ"
     if have is None and (not ident or capacity(p, t, vf) <= 0):
         left = "unknown" if t.available is None and p.mode == MDEV else capacity(p, t, vf)
         raise UsageError(f"no capacity: {vf or p.name} has {left} {t.id} instances available"
@@ -487,10 +375,14 @@ def remove(h: HostRoot, paths: Paths, text: str, *, keep_definition: bool = Fals
     its persisted definition. Refused while the inventory says a VM holds it."""
     mode, ident = parse_id(text)
     parents = scan_parents(h)
-    inst = _instances(parents).get(ident)
+    inst = instances(parents).get(ident)
     store = MdevStore(paths)
     defn = store.definition(ident)
+    ctl = mdevctl_owned(h, ident)
     if inst is None and defn is None and store.get(ident) is None:
+        if ctl is not None:
+            raise UsageError(f"{ident} is not live and only mdevctl defines it ({ctl.path}); passthru does not "
+                             f"remove mdevctl's definitions: `mdevctl undefine --uuid {ident}`")
         raise NotFoundError(f"no vGPU {ident} on this host (neither live nor defined; `passthru vgpu list`)")
     identity = f"mdev:{ident}" if mode == MDEV else f"pci:{ident}"
     vm = _holder(paths, identity)
@@ -498,7 +390,7 @@ def remove(h: HostRoot, paths: Paths, text: str, *, keep_definition: bool = Fals
         raise UsageError(f"{ident} is assigned to VM {vm!r}: `passthru release {vm} {identity}` first")
     parent = inst.parent if inst else (defn or {}).get("parent", "?")
     type_id = (inst.type_id if inst else None) or (defn or {}).get("mdev_type", "?")
-    res = VgpuResult(ident, mode, parent, type_id, _type_name(parents, parent, type_id),
+    res = VgpuResult(ident, mode, parent, type_id, type_name(parents, parent, type_id),
                      "would remove" if inst else "undefined", persisted=defn is not None and keep_definition)
     if dry_run:
         return res
@@ -514,6 +406,9 @@ def remove(h: HostRoot, paths: Paths, text: str, *, keep_definition: bool = Fals
         res.note = "definition removed"
     elif defn is not None:
         res.note = "definition kept: re-created at boot"
+    if ctl is not None:
+        res.note = "; ".join(filter(None, [res.note, f"mdevctl still defines it ({ctl.path}, start {ctl.start or '?'}"
+                                           f"): `mdevctl undefine --uuid {ident}` if it should not come back"]))
     return res
 
 
@@ -548,7 +443,8 @@ def release_created(h: HostRoot, paths: Paths, vm: str, identities: list[str], *
 def start_persisted(h: HostRoot, paths: Paths, *, parent: str | None = None,
                     kernel: Kernel | None = None) -> VgpuOutcome:
     """Re-create every persisted definition (``start: auto``; only ``parent``'s when given, as a udev rule on the
-    parent's arrival would) that is not live; one failure does not stop the others (``error`` names them)."""
+    parent's arrival would) that is not live; one failure does not stop the others (``error`` names them). One whose
+    UUID mdevctl also defines is left to mdevctl (status "left to mdevctl"): its own udev rule starts it."""
     store = MdevStore(paths)
     out = VgpuOutcome("start-persisted")
     if parent is not None:
@@ -557,17 +453,26 @@ def start_persisted(h: HostRoot, paths: Paths, *, parent: str | None = None,
         except ValueError:
             pass
     defs = [d for d in store.definitions() if d.get("start", "auto") == "auto" and parent in (None, d["parent"])]
-    if not defs:
+    mine = []
+    for d in defs:  # a UUID mdevctl defines is mdevctl's to start (its udev rule does at boot), never twice
+        ctl = mdevctl_owned(h, d["id"])
+        if ctl is None:
+            mine.append(d)
+            continue
+        out.items.append(VgpuResult(d["id"], d["mode"], d["parent"], d["mdev_type"], None, "left to mdevctl",
+                                    f"mdevctl defines it ({ctl.path}, start {ctl.start or '?'}): mdevctl starts it",
+                                    persisted=True))
+    if not mine:
         return out
     k = mdev_kernel(h, kernel)
     k.require_live()
     failed = []
     with store.lock():
         _settle(k, store)
-        for d in defs:
+        for d in mine:
             parents = scan_parents(h)
             res = VgpuResult(d["id"], d["mode"], d["parent"], d["mdev_type"],
-                             _type_name(parents, d["parent"], d["mdev_type"]), "unchanged", persisted=True)
+                             type_name(parents, d["parent"], d["mdev_type"]), "unchanged", persisted=True)
             out.items.append(res)
             try:
                 _start_one(k, store, parents, res)
@@ -580,7 +485,7 @@ def start_persisted(h: HostRoot, paths: Paths, *, parent: str | None = None,
 
 
 def _start_one(k: MdevKernel, store: MdevStore, parents: list[Parent], res: VgpuResult) -> None:
-    have = _instances(parents).get(res.id)
+    have = instances(parents).get(res.id)
     if have is not None:
         if have.type_id != res.mdev_type or have.parent != res.parent:
             raise UsageError(f"exists as {have.type_id} on {have.parent}, not {res.mdev_type} on {res.parent}")
@@ -604,27 +509,3 @@ def types_doc(h: HostRoot, parent: str | None = None) -> dict:
     if parent is not None:
         parents = [find_parent(parents, parent)[0]]
     return {"schema": 1, "parents": [p.to_json() for p in parents]}
-
-
-def list_vgpus(h: HostRoot, paths: Paths) -> list[dict]:
-    """Live vGPUs, persisted definitions and passthru's records, one entry per id (definition keys + state)."""
-    parents = scan_parents(h)
-    live = _instances(parents)
-    store = MdevStore(paths)
-    defs = {d["id"]: d for d in store.definitions()}
-    recs = {r.id: r for r in store.records()}
-    out = []
-    for ident in sorted(set(live) | set(defs) | set(recs)):
-        i, d, r = live.get(ident), defs.get(ident), recs.get(ident)
-        parent = i.parent if i else d["parent"] if d else r.parent  # type: ignore[union-attr]
-        mtype = (i.type_id if i else None) or (d["mdev_type"] if d else r.mdev_type if r else None)
-        mode = i.mode if i else d["mode"] if d else r.mode  # type: ignore[union-attr]
-        out.append({"id": ident, "mode": mode, "parent": parent, "mdev_type": mtype,
-                    "start": d.get("start", "auto") if d else None,
-                    "type_name": _type_name(parents, parent, mtype or ""),
-                    "live": i is not None, "persisted": d is not None,
-                    "passthru": None if r is None else {"phase": r.phase, "vm": r.vm, "prior_type": r.prior_type,
-                                                        "since": r.since},
-                    "iommu_group": i.iommu_group if i else None, "driver": i.driver if i else None,
-                    "identity": f"mdev:{ident}" if mode == MDEV else f"pci:{ident}"})
-    return out

@@ -22,7 +22,7 @@ import os
 from .errors import ConfigError, HostError
 
 __all__ = ["write_atomic", "write_if_changed", "fsync_dir", "FileLock", "caller", "read_record", "open_nofollow",
-           "append_line", "list_names", "ensure_dir", "check_dir", "path_error", "DIR_FLAGS"]
+           "append_line", "list_names", "ensure_dir", "check_dir", "path_error", "read_only_fs", "DIR_FLAGS"]
 
 DIR_FLAGS = "--state-dir / --config-dir"
 
@@ -61,11 +61,26 @@ def path_error(path: str, e: OSError, flag: str = DIR_FLAGS, verb: str = "use",
         bad = _not_a_dir(path)
         return ConfigError(f"{bad} is not a directory" + ("" if bad == path else f" (needed for {path})")
                            + f"; move it away, or pass {flag}")
+    if e.errno == errno.EROFS or e.errno in (errno.EACCES, errno.EPERM) and read_only_fs(path):
+        return ConfigError(f"cannot {verb} {path}: it is on a read-only file system; pass {flag} on a writable one")
     if e.errno in (errno.EACCES, errno.EPERM):
         return ConfigError(f"cannot {verb} {path} ({os.strerror(e.errno)}): run as root, or pass {flag}")
     if e.errno == errno.EISDIR:
         return ConfigError(f"{path} is a directory where passthru keeps a file; move it away")
     return None
+
+
+def read_only_fs(path: str) -> bool:
+    """Whether ``path`` (or the nearest ancestor that exists) is on a file system mounted read-only."""
+    p = os.path.abspath(path)
+    while True:
+        try:
+            return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+        except OSError:
+            parent = os.path.dirname(p)
+            if parent == p:
+                return False
+            p = parent
 
 
 def _raise(path: str, e: OSError, flag: str = DIR_FLAGS, verb: str = "use", nofollow: bool = False) -> None:
@@ -100,7 +115,10 @@ def ensure_dir(d: str, mode: int = 0o755) -> None:
         bad = _not_a_dir(d)
         raise ConfigError(f"{bad} is not a directory; move it away, or pass {DIR_FLAGS}") from None
     except OSError as e:
-        _raise(d, e)
+        if e.errno == errno.ENOENT:  # makedirs makes parents: only a file system that holds no directories says this
+            raise ConfigError(f"cannot create {d} ({e.strerror}): not a place for directories; pass {DIR_FLAGS}") \
+                from None
+        _raise(d, e, verb="create")
 
 
 def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:

@@ -1,6 +1,8 @@
 """vGPUs on a real kernel: the mtty sample driver is a real mdev parent (a virtual device, not PCI). passthru lists
 its types, creates an instance that a nested QEMU takes with `vfio-pci,sysfsdev=`, re-creates a persisted one the
-kernel forgot, and removes them, with available_instances moving as the kernel counts."""
+kernel forgot, and removes them, with available_instances moving as the kernel counts; `vgpu list` shows an mdevctl
+definition written for a live instance. (mtty's parent is not PCI, so the refusal to bind a GPU hosting vGPUs is
+tested on fixtures: tests/test_vgpu_safety.py.)"""
 
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ basename $(readlink /sys/bus/mdev/devices/$uuid/mdev_type) > device.type
 ls /dev/vfio/$(basename $(readlink /sys/bus/mdev/devices/$uuid/iommu_group)) > vfio.node
 cat $types/mtty-1/available_instances $types/mtty-2/available_instances > avail.created
 cp /etc/passthru/mdev.d/mtty/$uuid.json definition.json
+# mdevctl's definition of the live instance, as `mdevctl define --uuid $uuid` writes it: vgpu list reads it
+mkdir -p /etc/mdevctl.d/mtty
+printf '{"mdev_type": "mtty-2", "start": "manual", "attrs": []}\n' > /etc/mdevctl.d/mtty/$uuid
 passthru vgpu list --json > list.json
 # a VM takes the mdev by its sysfs path; in prelaunch (-S) QOM lists the device
 { echo '{"execute":"qmp_capabilities"}'; sleep 1
@@ -71,11 +76,13 @@ def test_mtty_types_create_vm_and_remove(guest: GuestRun):
                                              "mdev_type": "mtty-2", "start": "auto", "attrs": []}
     [row] = [x for x in guest.json("list.json")["vgpus"] if x["id"] == uuid]
     assert row["live"] and row["persisted"] and row["passthru"]["phase"] == "created" and row["driver"]
+    assert row["mdevctl"] == {"path": f"/etc/mdevctl.d/mtty/{uuid}", "parent": "mtty", "mdev_type": "mtty-2",
+                              "start": "manual", "problem": None}
     replies = _replies(guest.file("qmp.out"))
     peripherals = next(r["return"] for r in replies if isinstance(r.get("return"), list))
     assert "v0" in [p["name"] for p in peripherals], guest.file("qmp.out") + guest.file("qmp.err")
     [v] = guest.json("remove.json")["vgpus"]
-    assert (v["status"], v["note"]) == ("removed", "definition removed")
+    assert v["status"] == "removed" and v["note"].startswith("definition removed; mdevctl still defines it")
     assert uuid not in guest.file("devices.removed").split()
     assert [int(x) for x in guest.file("avail.removed").split()] == before
     assert guest.file("defs.removed").strip() == ""

@@ -142,16 +142,24 @@ class DirReader:
 
 
 class HostRoot:
-    """A host's filesystem view, rooted at ``base`` ("/" for the real host)."""
+    """A host's filesystem view, rooted at ``base`` ("/" for the real host).
 
-    __slots__ = ("base", "sys", "proc", "dev", "etc", "boot", "run", "usr")
+    A root the operator names (:meth:`from_env`: ``--root`` / ``PASSTHRU_ROOT``) must be a host tree, which the
+    running host, a fixture and an extracted ``passthru capture`` all are: a directory with ``sys/`` and ``proc/``
+    directories. Its ``sys`` and ``proc`` paths are checked the first time they are used (:meth:`check_tree`: a
+    UsageError naming what is missing), so a mistyped ``--root`` is one line and exit 2, not an empty host with the
+    IOMMU off; verbs that only write files into a root (installing units into an image) never use them and work on
+    any directory. ``HostRoot(path)`` in code is not checked unless ``check=True``."""
 
-    def __init__(self, base: str | os.PathLike[str] = "/") -> None:
+    __slots__ = ("base", "_sys", "_proc", "_checked", "dev", "etc", "boot", "run", "usr")
+
+    def __init__(self, base: str | os.PathLike[str] = "/", *, check: bool = False) -> None:
         b = os.path.abspath(os.fspath(base))
         self.base = b
         prefix = "" if b == "/" else b
-        self.sys = prefix + "/sys"
-        self.proc = prefix + "/proc"
+        self._sys = prefix + "/sys"
+        self._proc = prefix + "/proc"
+        self._checked = b == "/" or not check
         self.dev = prefix + "/dev"
         self.etc = prefix + "/etc"
         self.boot = prefix + "/boot"
@@ -160,8 +168,53 @@ class HostRoot:
 
     @classmethod
     def from_env(cls, base: str | None = None) -> "HostRoot":
-        """The root named by ``base``, else by $PASSTHRU_ROOT, else the running host."""
-        return cls(base or os.environ.get(ROOT_ENV) or "/")
+        """The root named by ``base``, else by $PASSTHRU_ROOT, else the running host; checked to be a host tree
+        when first read (see the class)."""
+        return cls(base or os.environ.get(ROOT_ENV) or "/", check=True)
+
+    @property
+    def sys(self) -> str:
+        if not self._checked:
+            self.check_tree()
+        return self._sys
+
+    @property
+    def proc(self) -> str:
+        if not self._checked:
+            self.check_tree()
+        return self._proc
+
+    def check_tree(self) -> None:
+        """UsageError (exit 2) unless this root is "/" or a host tree: a directory holding ``sys/`` and ``proc/``."""
+        from ..errors import UsageError
+
+        if self.base == "/":
+            return
+        fix = "name a host tree: / or an extracted `passthru capture` (tar xzf FILE -C DIR)"
+        where = f"host root {self.base} (--root / {ROOT_ENV})"
+        problem = self.unusable()
+        if problem:
+            raise UsageError(f"{where} {problem}; " + ("run as root, or " + fix[0].lower() + fix[1:]
+                                                       if "Permission" in problem else fix))
+        missing = [d + "/" for d in ("sys", "proc") if not os.path.isdir(os.path.join(self.base, d))]
+        if missing:
+            raise UsageError(f"{where} is not a host tree: no {' and no '.join(missing)} in it; {fix}")
+        self._checked = True
+
+    def unusable(self) -> str | None:
+        """Why this root cannot be a host tree at all ("does not exist", "is not a directory", "cannot be read
+        (Permission denied)"), or None when it is a directory (sys/ and proc/ not checked)."""
+        try:
+            st = os.stat(self.base)
+        except FileNotFoundError:
+            return "does not exist"
+        except NotADirectoryError:
+            return "is not a directory"
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+        import stat
+
+        return None if stat.S_ISDIR(st.st_mode) else "is not a directory"
 
     @property
     def is_live(self) -> bool:

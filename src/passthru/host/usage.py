@@ -14,8 +14,11 @@ to, read-only from sysfs and procfs:
   like the boot display itself (tty0 is active on nearly every host with a display; a hard stop there would make
   the boot GPU impossible to pass through).
 - ``boot_vga``: the firmware's boot display (``boot_vga`` reads 1). Overridable with ``--allow-boot-vga``.
+- ``vgpus``: live vGPUs on the function (``host/mdev.py``): mdev instances it is the parent of, or, for an NVIDIA
+  SR-IOV vGPU PF, VFs with a vGPU type set. Another driver destroys them. Never overridable: remove them first
+  (``passthru vgpu remove``, named in the detail).
 - ``vfs_in_use``: an SR-IOV PF with a VF bound to any driver (vfio-pci too: probably in a VM); unbinding the PF
-  destroys its VFs.
+  destroys its VFs. A VF already named as a vGPU is not repeated.
 
 Sources: /sys/class/block (one pass), ``slaves/`` and ``holders/`` (bd_link_disk_holder), /sys/dev/block/MAJ:MIN,
 dm/name, the NVMe subsystem's controller links (a native-multipath namespace hangs off the subsystem, not off a
@@ -36,6 +39,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from .mdev import Instance, hosted_vgpus
 from .pci import _FULL_BDF_RE, normalize_address
 from .root import HostRoot
 from .serial import console_ttys
@@ -44,7 +48,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Iterable
 
-__all__ = ["HostUse", "host_uses", "pci_ancestor", "FORCE_NETDEV", "ALLOW_BOOT_VGA"]
+__all__ = ["HostUse", "host_uses", "pci_ancestor", "vgpus_detail", "FORCE_NETDEV", "ALLOW_BOOT_VGA"]
 
 FORCE_NETDEV = "--force-netdev"
 ALLOW_BOOT_VGA = "--allow-boot-vga"
@@ -62,7 +66,7 @@ class HostUse:
     nothing may (a mounted filesystem, a serial console)."""
 
     address: str  # the PCI function, "0000:03:00.0"
-    what: str  # "mount" | "swap" | "holder" | "netdev" | "console" | "boot_vga" | "vfs_in_use"
+    what: str  # "mount" | "swap" | "holder" | "netdev" | "console" | "boot_vga" | "vgpus" | "vfs_in_use"
     detail: str  # one human line: "nvme0n1p2 mounted on / (ext4)"
     override: str | None
 
@@ -320,6 +324,16 @@ class _Scan:
         return out
 
 
+def vgpus_detail(vgpus: list[Instance]) -> str:
+    """"hosts live vGPUs that a driver change destroys: mdev U (nvidia-224, GRID T4-1Q); remove them first:
+    `passthru vgpu remove U`" - every instance named, up to a few, with the command for each."""
+    shown = vgpus[:_MAX_ITEMS]
+    more = f" and {len(vgpus) - len(shown)} more (`passthru vgpu list`)" if len(vgpus) > len(shown) else ""
+    fix = ", ".join(f"`passthru vgpu remove {i.id}`" for i in shown)
+    return (f"hosts live vGPUs that a driver change destroys: {', '.join(i.label() for i in shown)}{more}; "
+            f"remove {'it' if len(vgpus) == 1 else 'them'} first: {fix}{' ...' if more else ''}")
+
+
 def _ipv4(word: int) -> str:
     """An address from /proc/net/route: "%08X" of the network-order word read on a little-endian host."""
     return str(ipaddress.IPv4Address(word.to_bytes(4, "little")))
@@ -340,7 +354,7 @@ class _Adder:
 
 def host_uses(h: HostRoot, addresses: Iterable[str]) -> dict[str, list[HostUse]]:
     """For each PCI function (any accepted spelling; keys are normalized "0000:03:00.0"), what the host uses it
-    for, in the order storage, network, console, boot VGA, VFs. An empty list: nothing found (also for a function
+    for, in the order storage, network, console, boot VGA, vGPUs, VFs. An empty list: nothing found (also for a function
     that is not there). Raises ValueError for a malformed address."""
     wanted = list(dict.fromkeys(normalize_address(a) for a in addresses))
     add, scan = _Adder(wanted), _Scan(h, set(wanted))
@@ -366,10 +380,14 @@ def host_uses(h: HostRoot, addresses: Iterable[str]) -> dict[str, list[HostUse]]
                     ALLOW_BOOT_VGA)
             add(fn, "boot_vga", "the firmware set this function up as the boot display (boot_vga = 1)",
                 ALLOW_BOOT_VGA)
+        vgpus = hosted_vgpus(h, fn)
+        if vgpus:
+            add(fn, "vgpus", vgpus_detail(vgpus), None)
+        named = {i.id for i in vgpus}
         vfs = sorted(((int(n[6:]), vf) for n, vf in h.walk_links(d, "virtfn") if n[6:].isdigit()))
         for idx, vf in vfs:
             driver = h.link_name(f"{d}/virtfn{idx}/driver")
-            if driver:
+            if driver and vf not in named:
                 busy = [u for u in (scan.net_use(i) for i in netdevs.get(vf, ())) if u]
                 extra = f" ({'; '.join(busy)})" if busy else ""
                 add(fn, "vfs_in_use", f"VF {vf} is bound to {driver}{extra}", None)

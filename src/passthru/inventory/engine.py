@@ -32,16 +32,18 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import sys
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
 from ..errors import HostError, InventoryError, PassthruError
+from ..statefs import read_only_fs
 
-__all__ = ["make_engine", "writing", "reading", "fork_guard", "BUSY_TIMEOUT_S", "sqlite_file", "db_label", "unusable",
-           "translate"]
+__all__ = ["make_engine", "parse_url", "writing", "reading", "begin_outer", "in_savepoint", "fork_guard",
+           "BUSY_TIMEOUT_S", "sqlite_file", "db_label", "unusable", "translate"]
 
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 30.0
@@ -49,12 +51,46 @@ _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detecte
 _READONLY = "passthru_readonly"
 
 
+# the DBAPI module SQLAlchemy imports for a URL -> the package that provides it
+_DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary"}
+
+
+def parse_url(url: str) -> URL:
+    """``url`` parsed; InventoryError (exit 2) when SQLAlchemy cannot parse it (the text is not echoed: it may hold
+    a password)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url)
+    except ArgumentError as e:
+        raise _bad_url("PASSTHRU_DB_URL (unparsable)", e) from None
+
+
+def _bad_url(shown: str, e: Exception) -> InventoryError:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return InventoryError(f"{shown}: not a database URL passthru can use ({reason}); use "
+                          "postgresql+psycopg://USER:PASSWORD@HOST/DB, or unset PASSTHRU_DB_URL for the SQLite file in "
+                          "the state directory")
+
+
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        return _sqlite_engine(url)
-    if url.startswith("postgresql"):
-        return create_engine(url, isolation_level="SERIALIZABLE", pool_pre_ping=True)
-    return create_engine(url)
+    """The engine for ``url``. A URL SQLAlchemy cannot parse or has no dialect for, and a database driver that is not
+    installed, are an InventoryError (exit 2) naming the fix, not a traceback."""
+    shown = parse_url(url).render_as_string(hide_password=True)
+    try:
+        if url.startswith("sqlite"):
+            return _sqlite_engine(url)
+        if url.startswith("postgresql"):
+            return create_engine(url, isolation_level="SERIALIZABLE", pool_pre_ping=True)
+        return create_engine(url)
+    except ImportError as e:
+        module = (e.name or "").split(".")[0] or "?"
+        pkg = _DRIVERS.get(module)
+        fix = (f"pip install {pkg} (into passthru's Python: {sys.executable} -m pip install {pkg})" if pkg else
+               f"install the package that provides it into passthru's Python ({sys.executable})")
+        raise InventoryError(f"{shown}: the database driver {module!r} is not installed; {fix}") from None
+    except ArgumentError as e:
+        raise _bad_url(shown, e) from None
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -153,6 +189,10 @@ def translate(url: URL, e: DBAPIError) -> PassthruError | None:
     if any(k in low for k in _DAMAGED):
         return unusable(url, reason)
     if any(k in low for k in _ACCESS):
+        db = sqlite_file(url)
+        if db is not None and read_only_fs(db):
+            return InventoryError(f"{db}: cannot write the inventory database: it is on a read-only file system; "
+                                  "pass --state-dir on a writable one (or set PASSTHRU_DB_URL)")
         return InventoryError(f"{db_label(url)}: cannot open the inventory database ({reason}); run as root, or "
                               "pass --state-dir (or set PASSTHRU_DB_URL)")
     if isinstance(e, OperationalError):
@@ -201,6 +241,33 @@ def reading(engine: Engine, fn: Callable[[Connection], T]) -> T:
                 return fn(conn)
     except DBAPIError as e:
         err = _failed(engine, e)
+        if err is None:
+            raise
+        raise err from None
+
+
+def begin_outer(engine: Engine) -> tuple[Connection, Any]:
+    """A connection and its open transaction, for a rehearsal (Store.rehearsal); errors as :func:`writing` gives
+    them. The caller rolls the transaction back and closes the connection."""
+    try:
+        conn = engine.connect()
+    except DBAPIError as e:
+        raise (_failed(engine, e) or e) from None
+    try:
+        return conn, conn.begin()
+    except DBAPIError as e:
+        conn.close()
+        raise (_failed(engine, e) or e) from None
+
+
+def in_savepoint(conn: Connection, fn: Callable[[Connection], T]) -> T:
+    """Run ``fn`` in a savepoint of ``conn``'s open transaction, rolled back alone when ``fn`` raises (a rehearsal,
+    Store.rehearsal: what would be one transaction is one savepoint); errors as :func:`writing` gives them."""
+    try:
+        with conn.begin_nested():
+            return fn(conn)
+    except DBAPIError as e:
+        err = _failed(conn.engine, e)
         if err is None:
             raise
         raise err from None

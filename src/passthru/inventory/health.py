@@ -18,10 +18,9 @@ import time
 from functools import lru_cache
 
 from sqlalchemy import URL, create_engine, inspect, text
-from sqlalchemy.engine import make_url
 
 from ..errors import HostError, InventoryError
-from .engine import BUSY_TIMEOUT_S, db_label, sqlite_file
+from .engine import BUSY_TIMEOUT_S, db_label, make_engine, parse_url, sqlite_file
 from .schema import LATEST, MIGRATIONS, metadata, schema_migrations
 
 __all__ = ["expected_schema", "schema_problem", "backup_sqlite", "check", "restore_commands", "OK",
@@ -271,7 +270,7 @@ def _check_url(url: URL, doc: dict) -> None:
     from sqlalchemy.exc import DBAPIError
 
     fix = "repair the database or point PASSTHRU_DB_URL at another one"
-    eng = create_engine(url)
+    eng = make_engine(url.render_as_string(hide_password=False))  # a missing driver: InventoryError, exit 2
     try:
         with eng.connect() as conn:
             insp = inspect(conn)
@@ -294,7 +293,7 @@ def _check_url(url: URL, doc: dict) -> None:
 
 def check(url: str) -> dict:
     """The `passthru store check` report: ``ok`` is False when a check failed; each finding has its fix."""
-    u = make_url(url)
+    u = parse_url(url)
     doc: dict = {"schema": 1, "database": db_label(u), "dialect": u.get_backend_name(), "size": None,
                  "version": None, "latest": LATEST, "ok": True, "checks": [], "backup": None}
     db = sqlite_file(u)

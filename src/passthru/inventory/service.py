@@ -9,9 +9,7 @@ all-or-nothing: when a claim or a bind fails, what this call claimed is released
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -21,14 +19,16 @@ from ..discovery import Inventory
 from ..errors import NotFoundError, PassthruError, UsageError
 from ..failpoints import hit
 from ..host.iommu import is_vfio_driver
-from ..journal import Op, journal_for
+from ..journal import journal_for
 from ..names import check_uuid, check_vm
 from .records import records_from
 from .spec import Spec, parse_spec
-from ..statefs import read_record, write_atomic
 from ..vfio import Store as Holdings
 from ..vfio import bind as vfio_bind
 from ..vfio import restore as vfio_restore
+from .kind_state import configure_vfs as _configure_vfs
+from .kind_state import hook_path as _hook_path  # reconcile and the dry runs import these from here
+from .kind_state import undo_kind as _undo_kind
 from .store import Assignment, ClaimError, Store
 
 __all__ = ["AssignResult", "open_store", "sync", "assign", "release", "attach", "detach", "pci_addresses",
@@ -39,11 +39,16 @@ __all__ = ["AssignResult", "open_store", "sync", "assign", "release", "attach", 
 class AssignResult:
     vm: str
     assignments: list[Assignment] = field(default_factory=list)
-    bound: list[str] = field(default_factory=list)  # PCI addresses this call moved to vfio-pci
+    bound: list[str] = field(default_factory=list)  # PCI addresses this call moved (dry run: would move) to vfio-pci
+    dry_run: bool = False
+    moves: dict[str, str | None] = field(default_factory=dict)  # dry run: address -> its driver now
+    vfs: list[str] = field(default_factory=list)  # dry run: VFs whose settings would be set
 
     def to_json(self) -> dict:
-        return {"schema": 1, "vm": self.vm, "assignments": [_assignment_json(a) for a in self.assignments],
-                "bound": self.bound}
+        """A dry run's assignments have no id (the rehearsal that made them was rolled back)."""
+        rows = [_assignment_json(a) | ({"id": None} if self.dry_run else {}) for a in self.assignments]
+        doc = {"schema": 1, "vm": self.vm, "assignments": rows, "bound": self.bound}
+        return doc | {"dry_run": True, "vf_settings": self.vfs} if self.dry_run else doc
 
 
 def _assignment_json(a: Assignment) -> dict:
@@ -51,8 +56,9 @@ def _assignment_json(a: Assignment) -> dict:
             "created": a.created, "updated": a.updated, "released": a.released}
 
 
-def open_store(s: Session) -> Store:
-    return Store(paths=s.paths)
+def open_store(s: Session, dry_run: bool = False) -> Store:
+    """The inventory; for a dry run, one that never creates its database (a missing one reads as empty)."""
+    return Store(paths=s.paths, create=not dry_run)
 
 
 def sync(s: Session, store: Store) -> Inventory:
@@ -156,40 +162,45 @@ def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], n
                      "(`passthru model list`)")
     # a device the host uses (a mounted disk, a NIC with an address, its console) is never picked: hold each such
     # pick aside while asking again, then let go of them
-    aside: list[Assignment] = []
+    aside: list[tuple[Assignment, str]] = []
     try:
         while True:
             try:
                 a = store.claim_any(vm, numa=numa, numa_policy=policy, vm_uuid=vm_uuid, op=op, **by)
             except ClaimError as e:
                 if aside:
-                    raise ClaimError(f"{e}; skipped because the host uses them: "
-                                     f"{', '.join(x.device for x in aside)}") from None
+                    why = "; ".join(f"{x.device[4:]} ({use})" for x, use in aside)
+                    raise ClaimError(f"{e}; skipped because the host uses them: {why}") from None
                 raise
-            if a.device.startswith("pci:") and _host_uses(inv, a.device[4:]):
-                aside.append(a)
+            use = _host_uses(inv, a.device[4:]) if a.device.startswith("pci:") else None
+            if use:
+                aside.append((a, use))
                 continue
             return a
     finally:
-        for x in aside:
+        for x, _ in aside:
             store.release(vm, x.device)
 
 
-def _host_uses(inv: Inventory, address: str) -> bool:
+def _host_uses(inv: Inventory, address: str) -> str | None:
+    """What the host uses a device or its group mates for (the first use, one line), or None."""
     from ..host.usage import host_uses
 
     addrs = [address] + [f.address for f in inv.group_mates(address) if not f.is_bridge]
-    return any(host_uses(inv.root, addrs).values())
+    uses = [u for us in host_uses(inv.root, addrs).values() for u in us]
+    return None if not uses else uses[0].detail if uses[0].address == address else \
+        f"group mate {uses[0].address}: {uses[0].detail}"
 
 
 def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, numa_policy: str = "strict",
            vm_uuid: str | None = None, bind: bool = True, kernel: object | None = None,
-           vf_options: dict | None = None, keep_driver: Collection[str] = ()) -> AssignResult:
+           vf_options: dict | None = None, keep_driver: Collection[str] = (), dry_run: bool = False) -> AssignResult:
     """Claim the devices ``texts`` name for ``vm`` and take their PCI groups over for vfio-pci. ``vf_options``
     (mac, vlan, qos, spoofchk, trust, min_tx_rate, max_tx_rate, link_state) configure each NIC VF assigned, through
     its PF (kinds/nic_vf.py); the prior settings are kept and put back on release. ``keep_driver``: PCI addresses
     the VM manager moves to vfio-pci itself (libvirt managed='yes', Proxmox hostpci): their groups are recorded
-    (takeover "none") after the takeover's guards pass, and never bound here."""
+    (takeover "none") after the takeover's guards pass, and never bound here. ``dry_run``: the same checks,
+    claims and refusals in a rehearsal of the inventory that is rolled back, the takeover planned, nothing written."""
     check_vm(vm)
     vm_uuid = None if vm_uuid is None else check_uuid(vm_uuid)
     if numa_policy not in ("strict", "prefer"):
@@ -201,38 +212,24 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
         normalize_settings(vf_options)  # bad VF settings are bad input: refused before anything is claimed
     if not specs:
         raise UsageError("name at least one device: a PCI address, a kind (gpu), a model, usb:..., serial:...")
-    store = open_store(s)
-    inv = sync(s, store)
-    models = {m.name for m in s.models()}
-    direct: list[str] = []
-    for spec in specs:
-        for ident in _resolve(inv, store, spec):
-            if ident not in direct:
-                direct.append(ident)
-    _kind_refusals(s, store, inv, vm, direct)  # kinds: a serial port held open, a USB port whose device changed
-    named = {sp.value for sp in specs if sp.form == "pci"}
-    kept = _kept_groups(s, inv, named, keep_driver) if keep_driver else set()
+    store = open_store(s, dry_run)
+    pick = dict(numa=numa, numa_policy=numa_policy, vm_uuid=vm_uuid)
+    if dry_run:
+        with store.rehearsal():
+            inv, direct, pick["kept"] = _prepare(s, store, vm, specs, bind, keep_driver)
+            return _rehearse(s, store, inv, vm, specs, direct, bind, vf_options, pick)
+    inv, direct, pick["kept"] = _prepare(s, store, vm, specs, bind, keep_driver)
+    kept = pick["kept"]
     res = AssignResult(vm)
     before = {a.device for a in store.assignments(vm)}
     op = journal_for(s.paths.state_dir).begin("assign", vm=vm, bind=bind, binding=[], vfs=[])
     mark = {"id": op.id, "takeover": "vfio" if bind else "none"}
     try:
         hit("assign.intent")
-        claimed: list[Assignment] = []
-        for part, how in (([i for i in direct if i not in kept], mark),
-                          ([i for i in direct if i in kept], {**mark, "takeover": "none"})):
-            if part:
-                claimed += store.claim(vm, part, vm_uuid=vm_uuid, op=how)
-        for spec in specs:
-            if spec.form in ("name", "usb-id"):
-                a = _pick(store, inv, vm, spec, models, numa, numa_policy, vm_uuid, mark)
-                claimed.append(a)
-                if a.device.startswith("pci:"):  # its group comes along
-                    rest = [i for i in _group_identities(inv, a.device[4:]) if i != a.device]
-                    if rest:
-                        claimed += store.claim(vm, rest, vm_uuid=vm_uuid, op=mark)
+        claimed = _claim_all(s, store, inv, vm, specs, direct, mark, **pick)
         hit("assign.claimed")
-        addrs = pci_addresses([a.device for a in _dedupe(claimed)])
+        vfs = _vfs_of(inv, claimed) if vf_options else []  # refused before anything moves
+        addrs = pci_addresses([a.device for a in claimed])
         todo = [a for a in addrs
                 if f"pci:{a}" not in kept and not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
         if bind and todo:
@@ -241,11 +238,11 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
             res.bound = [d.address for d in out.devices if d.status == "changed"]
             hit("assign.bound")
         if vf_options:
-            _configure_vfs(s, inv, vm, res, _dedupe(claimed), vf_options, op)
+            _configure_vfs(s, vm, vfs, vf_options, op)
             hit("assign.configured")
         done = {a.device: a for a in store.finish_op(op.id)}
         hit("assign.finished")
-        res.assignments = [done.get(a.device, a) for a in _dedupe(claimed)]
+        res.assignments = [done.get(a.device, a) for a in claimed]
         store.audit("assign", None, vm, {"devices": [a.device for a in res.assignments], "bound": res.bound,
                                          "kept": sorted(before & {a.device for a in res.assignments})})
         op.done()
@@ -259,10 +256,37 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
     return res
 
 
+def _prepare(s: Session, store: Store, vm: str, specs: list[Spec], bind: bool,
+             keep_driver: Collection[str]) -> tuple[Inventory, list[str], set[str]]:
+    """Discovery into the store, then the identities the specs name directly and every refusal that needs no
+    claim: the kinds' (a serial port held open, a USB port whose device changed) and the takeover guards' for the
+    PCI devices named (what `bind` would refuse: a mounted disk, the boot VGA, a GPU hosting live vGPUs...; with
+    --no-bind only live vGPUs, which forbid handing the device over whole, whoever binds it). Also the
+    identities of the groups the VM manager binds itself (``keep_driver``, _kept_groups)."""
+    from ..vfio.plan import check_whole, plan_bind
+
+    inv = sync(s, store)
+    direct: list[str] = []
+    for spec in specs:
+        for ident in _resolve(inv, store, spec):
+            if ident not in direct:
+                direct.append(ident)
+    _kind_refusals(s, store, inv, vm, direct)
+    named = {sp.value for sp in specs if sp.form == "pci"}
+    kept = _kept_groups(s, inv, named, keep_driver) if keep_driver else set()
+    addrs = [a for a in pci_addresses(direct) if f"pci:{a}" not in kept]
+    todo = [a for a in addrs if not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
+    if bind and todo:
+        plan_bind(s.host, todo, group=True)
+    elif addrs:
+        check_whole(s.host, addrs)
+    return inv, direct, kept
+
+
 def _kept_groups(s: Session, inv: Inventory, named: set[str], keep: Collection[str]) -> set[str]:
     """The identities of the groups of ``keep`` (addresses the VM manager binds itself), after the takeover's
-    guards (the boot VGA, a NIC with an address, a mounted disk...) said yes: RefusedError otherwise. A group with
-    one device kept and another named to be bound here is refused: one side would undo the other."""
+    guards (the boot VGA, a NIC with an address, a mounted disk, live vGPUs...) said yes: RefusedError otherwise. A
+    group with one device kept and another named to be bound here is refused: one side would undo the other."""
     from ..vfio.plan import plan_bind
 
     kept: set[str] = set()
@@ -275,6 +299,45 @@ def _kept_groups(s: Session, inv: Inventory, named: set[str], keep: Collection[s
         kept.update(group)
     plan_bind(s.host, [a for a in keep if not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)], group=True)
     return kept
+
+
+def _claim_all(s: Session, store: Store, inv: Inventory, vm: str, specs: list[Spec], direct: list[str],
+               mark: dict | None, *, numa: int | None, numa_policy: str, vm_uuid: str | None,
+               kept: set[str]) -> list[Assignment]:
+    """The claims of one assign: the devices named (those in ``kept`` recorded with takeover "none"), then one
+    free device per kind/model/USB-ID spec with its IOMMU group. De-duplicated, in order."""
+    claimed: list[Assignment] = []
+    for part, how in (([i for i in direct if i not in kept], mark),
+                      ([i for i in direct if i in kept], None if mark is None else {**mark, "takeover": "none"})):
+        if part:
+            claimed += store.claim(vm, part, vm_uuid=vm_uuid, op=how)
+    models = {m.name for m in s.models()}
+    for spec in specs:
+        if spec.form in ("name", "usb-id"):
+            a = _pick(store, inv, vm, spec, models, numa, numa_policy, vm_uuid, mark)
+            claimed.append(a)
+            if a.device.startswith("pci:"):  # its group comes along
+                rest = [i for i in _group_identities(inv, a.device[4:]) if i != a.device]
+                if rest:
+                    claimed += store.claim(vm, rest, vm_uuid=vm_uuid, op=mark)
+    return _dedupe(claimed)
+
+
+def _rehearse(s: Session, store: Store, inv: Inventory, vm: str, specs: list[Spec], direct: list[str], bind: bool,
+              vf_options: dict | None, pick: dict) -> AssignResult:
+    """assign --dry-run, inside Store.rehearsal: the claims as the real run makes them (then rolled back), the
+    takeover planned by bind's own dry run (its refusals), the VFs whose settings would be set. Writes nothing."""
+    res = AssignResult(vm, dry_run=True)
+    res.assignments = _claim_all(s, store, inv, vm, specs, direct, None, **pick)
+    res.vfs = _vfs_of(inv, res.assignments) if vf_options else []
+    addrs = pci_addresses([a.device for a in res.assignments])
+    todo = [a for a in addrs
+            if f"pci:{a}" not in pick["kept"] and not is_vfio_driver((inv.pci_function(a) or _NoFn).driver)]
+    if bind and todo:
+        out = vfio_bind(s.host, s.paths, todo, group=True, dry_run=True)
+        res.bound = [d.address for d in out.devices if d.status == "would change"]
+        res.moves = {d.address: d.before for d in out.devices}
+    return res
 
 
 def undo_assign(s: Session, store: Store, doc: dict, *, kernel: object | None = None) -> dict:
@@ -313,39 +376,13 @@ class _NoFn:
     driver = None
 
 
-# -- per-assignment host configuration by a device's kind (a NIC VF's MAC/VLAN...), undone on release -------------
-def _hook_path(s: Session, vm: str, ident: str) -> str:
-    return os.path.join(s.paths.state_dir, "kind-state", vm, re.sub(r"[^A-Za-z0-9.-]+", "_", ident) + ".json")
-
-
-def _configure_vfs(s: Session, inv: Inventory, vm: str, res: AssignResult, claimed: list[Assignment],
-                   options: dict, op: Op) -> None:
-    """Each VF's settings, through its PF; the VF is named in the operation's journal before it is touched, so a
-    failure (undo_assign) or a kill (reconcile) puts its prior settings back."""
-    from ..kinds import kind_for
-
+def _vfs_of(inv: Inventory, claimed: list[Assignment]) -> list[str]:
+    """The SR-IOV VFs among the claims, for VF settings; UsageError when there is none."""
     vfs = [a.device for a in claimed if a.device.startswith("pci:")
            and (fn := inv.pci_function(a.device[4:])) is not None and fn.physfn]
     if not vfs:
         raise UsageError("VF settings (--mac, --vlan, ...) were given but none of the devices is an SR-IOV VF")
-    for ident in vfs:
-        op.update(vfs=[*op.get("vfs", []), ident])  # type: ignore[misc]
-        prior = kind_for("nic").before_assign(s.host, s.paths, vm, ident, options)
-        if prior:
-            write_atomic(_hook_path(s, vm, ident), json.dumps({"kind": "nic", "identity": ident, **prior}).encode(),
-                         0o600)
-
-
-def _undo_kind(s: Session, vm: str, ident: str) -> None:
-    """Put back what a kind changed for this assignment (recorded at assign time), then forget the record."""
-    from ..kinds import kind_for
-
-    path = _hook_path(s, vm, ident)
-    rec = read_record(path, "move it away; `passthru vf reset PF N` puts the VF back")
-    if rec is None:
-        return
-    kind_for(rec.get("kind", "custom")).after_release(s.host, s.paths, vm, ident, rec)
-    os.unlink(path)
+    return vfs
 
 
 def _dedupe(items: list[Assignment]) -> list[Assignment]:
@@ -361,15 +398,19 @@ def release(s: Session, vm: str, texts: list[str] | None = None, *, restore: boo
     ``restore``, PCI devices go back to their host drivers (a list: only those addresses); otherwise they stay on
     vfio-pci for the next VM.
     Journaled: a release interrupted by a kill is finished by reconcile."""
-    check_vm(vm)
     store = open_store(s)
-    held = {a.device: a for a in store.assignments(vm)}
-    if not held:
-        raise NotFoundError(f"VM {vm!r} holds no devices (`passthru assignments` lists who holds what)")
-    idents = list(held) if texts is None else _held(s, store, vm, held, texts)
+    idents = _to_release(s, store, vm, texts)
     with journal_for(s.paths.state_dir).begin("release", vm=vm, devices=idents, restore=restore) as op:
         hit("release.intent")
         return finish_release(s, store, op.doc, kernel=kernel)
+
+
+def _to_release(s: Session, store: Store, vm: str, texts: list[str] | None) -> list[str]:
+    check_vm(vm)
+    held = {a.device: a for a in store.assignments(vm)}
+    if not held:
+        raise NotFoundError(f"VM {vm!r} holds no devices (`passthru assignments` lists who holds what)")
+    return list(held) if texts is None else _held(s, store, vm, held, texts)
 
 
 def finish_release(s: Session, store: Store, doc: dict, *, kernel: object | None = None) -> list[Assignment]:
@@ -413,147 +454,20 @@ def _held(s: Session, store: Store, vm: str, held: dict[str, Assignment], texts:
     return idents
 
 
-def _attachments_of(s: Session, store: Store, idents: list[str], vm: str, opts: object = None) -> list:
-    from ..vm.build import attachments_for
-
-    rows = [d for d in store.devices() if d["identity"] in set(idents)]
-    takeover = {a.device: a.takeover for a in store.assignments(vm)}
-    for d in rows:
-        _check_ready(s, vm, d["identity"], takeover.get(d["identity"]))
-    return attachments_for(s.host, rows, opts)  # type: ignore[arg-type]
-
-
-def _check_ready(s: Session, vm: str, ident: str, takeover: str | None) -> None:
-    """A device handed to QEMU or libvirt must be there, and a PCI one on vfio-pci (unless it was assigned with
-    --no-bind: then whoever starts the VM binds it). UsageError (exit 2) with the way out otherwise."""
-    h = s.host
-    form, _, value = ident.partition(":")
-    if form == "serial":
-        if not value.startswith("/"):
-            return
-        where = h.path(value)
-    elif form in ("pci", "mdev", "usb"):
-        where = f"{h.sys}/bus/{form}/devices/{value}"
-    else:
-        return
-    if not h.exists(where):
-        raise UsageError(f"{value} is not on this host, though VM {vm!r} holds it: `passthru release {vm} {ident}` "
-                         "(or bring it back and run `passthru reconcile`)")
-    if form == "pci" and takeover != "none":
-        drv = h.link_name(where + "/driver")
-        if not is_vfio_driver(drv):
-            raise UsageError(f"{value} is on {drv or 'no driver'}, not vfio-pci, though VM {vm!r} holds it: "
-                             f"`passthru reconcile` takes it over again (or `passthru bind {value} --group`)")
-
-
-def vm_attachments(s: Session, vm: str, opts: object = None) -> list:
-    """The attachments (vm/attachment.py) of everything ``vm`` holds, for qemu-args and libvirt-xml; refused when a
-    device is gone or not on vfio-pci (see :func:`_check_ready`)."""
-    check_vm(vm)
-    store = open_store(s)
-    held = [a.device for a in store.assignments(vm) if a.state != "pending"]
-    if not held:
-        raise UsageError(f"VM {vm!r} holds no devices: `passthru assign {vm} SPEC` first")
-    return _attachments_of(s, store, held, vm, opts)
-
-
-def check_qmp_socket(path: str) -> None:
-    """The VM's QMP socket must exist and be a unix socket: bad input (exit 2) otherwise, before anything moves."""
-    import stat
-
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise NotFoundError(f"QMP socket {path} does not exist; start QEMU with -qmp unix:{path},server=on,"
-                            "wait=off") from None
-    except OSError as e:
-        raise UsageError(f"QMP socket {path}: {e.strerror}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise UsageError(f"{path} is not a unix socket; name the VM's QMP socket (-qmp unix:PATH,server=on)")
-
-
-def attach(s: Session, vm: str, texts: list[str], socket: str, *, port: str | None = None,
-           kernel: object | None = None) -> list[dict]:
-    """Hot-plug into the running VM behind ``socket``: assign first what the VM does not hold yet, then one
-    attachment at a time over QMP; each attached device's assignment becomes "attached"."""
-    from ..vm.qmp import attach as qmp_attach
-
-    check_vm(vm)
-    check_qmp_socket(socket)
-    store = open_store(s)
-    held = {a.device: a for a in store.assignments(vm)}
-    before = set(held)
-    try:
-        try:
-            idents = _held(s, store, vm, held, texts)
-        except NotFoundError:
-            assign(s, vm, texts, kernel=kernel)
-            held = {a.device: a for a in store.assignments(vm)}
-            idents = _held(s, store, vm, held, texts)
-        # kinds: what is plugged in / open now, not what was when the VM got it (a re-plugged USB port, a getty)
-        _kind_refusals(s, store, sync(s, store), vm, idents, attach=True)
-        out = []
-        for att in _attachments_of(s, store, idents, vm):
-            res = qmp_attach(socket, att, port=port)
-            for ident in _att_identities(att):
-                store.set_state(vm, ident, "attached")
-            store.audit("attach", None, vm, {"ids": res.get("ids"), "port": res.get("port")})
-            out.append(res)
-    except (Exception, KeyboardInterrupt):
-        _undo_new(store, vm, before)
-        raise
-    return out
-
-
-def _undo_new(store: Store, vm: str, before: set[str]) -> None:
-    """A failed attach releases what it assigned on its way and did not plug (the VM keeps what it held before;
-    a device already plugged stays recorded as attached: it is in the guest)."""
-    for a in store.assignments(vm):
-        if a.device not in before and a.state == "reserved":
-            try:
-                store.release(vm, a.device)
-            except PassthruError:
-                pass
-
-
-def detach(s: Session, vm: str, texts: list[str], socket: str, *, keep: bool = False) -> list[dict]:
-    """Hot-unplug from the running VM (waits for DEVICE_DELETED), then release (or, with ``keep``, keep reserved)."""
-    from ..vm.qmp import detach as qmp_detach
-
-    check_vm(vm)
-    check_qmp_socket(socket)
-    store = open_store(s)
-    held = {a.device: a for a in store.assignments(vm)}
-    idents = _held(s, store, vm, held, texts)
-    out = []
-    for att in _attachments_of(s, store, idents, vm):
-        res = qmp_detach(socket, att)
-        for ident in _att_identities(att):
-            if keep:
-                if held[ident].state == "attached":
-                    store.set_state(vm, ident, "reserved")
-            else:
-                _undo_kind(s, vm, ident)
-                store.release(vm, ident)
-        store.audit("detach", None, vm, {"ids": res.get("ids"), "kept": keep})
-        out.append(res)
-    if not keep:
-        from ..mdev import release_created  # kinds/vgpu: vGPUs made for this VM go with it
-
-        release_created(s.host, s.paths, vm, idents)
-    return out
-
-
-def _att_identities(att) -> list[str]:
-    if att.kind == "pci":
-        return [f"pci:{a}" for a in att.functions]
-    if att.kind == "mdev":
-        return [f"mdev:{att.mdev_uuid}"]
-    if att.kind == "usb":
-        return [f"usb:{att.usb_bus}-{att.usb_port}"]
-    return [f"serial:{att.serial_path}"]
-
-
 def _matches(store: Store, identity: str, spec: Spec) -> bool:
     d = next((x for x in store.devices() if x["identity"] == identity), None)
     return d is not None and d["kind"] == spec.value
+
+
+_ELSEWHERE = {"attach": "hotplug", "detach": "hotplug", "vm_attachments": "hotplug", "check_qmp_socket": "hotplug",
+              "plan_release": "dryrun"}
+
+
+def __getattr__(name: str) -> object:
+    """attach, detach, vm_attachments, check_qmp_socket (hotplug.py) and plan_release (dryrun.py) live in modules
+    that import this one; they stay importable from here."""
+    if name in _ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{_ELSEWHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

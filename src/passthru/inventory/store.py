@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import Connection, and_, bindparam, insert, inspect, outerjoin, select, text, update
 from sqlalchemy.engine import make_url
@@ -30,7 +31,7 @@ from ..errors import HostError, InventoryError, NotFoundError, UsageError
 from . import claims as rules
 from ..names import check_uuid, check_vm
 from .base import STATES, Assignment, ClaimError, InvalidState, actor, now, write_audit
-from .engine import db_label, fork_guard, make_engine, reading, sqlite_file, unusable, writing
+from .engine import begin_outer, db_label, fork_guard, in_savepoint, make_engine, reading, sqlite_file, unusable, writing
 from .health import backup_sqlite, schema_problem
 from .schema import ACTIVE_STATES, LATEST, MIGRATIONS, assignments, audit, devices, models, schema_migrations
 from .sync import DeviceRecord, sync
@@ -89,15 +90,22 @@ def _prepare_sqlite_file(url: str) -> None:
 
 
 class Store:
-    def __init__(self, url: str | None = None, *, paths: Paths | None = None) -> None:
+    def __init__(self, url: str | None = None, *, paths: Paths | None = None, create: bool = True) -> None:
+        """``create`` False: never create the SQLite file or its directory; a missing one is opened as an empty
+        in-memory inventory (for a dry run, which must not write)."""
         url = store_url(url, paths)
         if url.startswith("sqlite"):
-            _prepare_sqlite_file(url)
+            db = sqlite_file(make_url(url))
+            if create:
+                _prepare_sqlite_file(url)
+            elif db is not None and not os.path.exists(db):
+                url = "sqlite://"
         self.url = url
         self.engine = make_engine(url)
         self._pid = os.getpid()
         self._version = 0
         self._actor: dict | None = None
+        self._rehearsal: Connection | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -111,11 +119,31 @@ class Store:
 
     def _write(self, fn: Callable[[Connection], T]) -> T:
         self._ready()
+        if self._rehearsal is not None:
+            return in_savepoint(self._rehearsal, fn)
         return writing(self.engine, fn)
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
         self._ready()
+        if self._rehearsal is not None:
+            return in_savepoint(self._rehearsal, fn)
         return reading(self.engine, fn)
+
+    @contextmanager
+    def rehearsal(self) -> Iterator["Store"]:
+        """Inside the block every transaction of this store is a savepoint of one transaction that is rolled back at
+        the end: a dry run meets exactly the checks and refusals of a real one (claims, exclusivity, migrations) and
+        leaves the database as it was. SQLite holds its write lock for the block (BEGIN IMMEDIATE)."""
+        if os.getpid() != self._pid:
+            self._pid, self._actor = fork_guard(self.engine, self._pid), None
+        conn, outer = begin_outer(self.engine)
+        self._rehearsal, self._version = conn, 0
+        try:
+            yield self
+        finally:
+            self._rehearsal, self._version = None, 0
+            outer.rollback()
+            conn.close()
 
     # -- schema ---------------------------------------------------------------------------------------------------
     def migrate(self, *, to: int | None = None) -> int:
@@ -148,7 +176,7 @@ class Store:
         def look(conn: Connection) -> tuple[int, set[str]]:
             return current(conn), set(inspect(conn).get_table_names())
 
-        version, tables = reading(self.engine, look)
+        version, tables = reading(self.engine, look) if self._rehearsal is None else in_savepoint(self._rehearsal, look)
         if version > LATEST:
             raise InventoryError(f"{self._where()}: inventory schema version {version} is newer than this passthru "
                                  f"knows ({LATEST}); upgrade passthru (a newer one made this database)")
@@ -157,10 +185,11 @@ class Store:
             raise unusable(self.engine.url, problem)
         if version < target:
             db = sqlite_file(self.engine.url)
-            if db is not None and version >= 1:
+            if db is not None and version >= 1 and self._rehearsal is None:
                 backup_sqlite(db, db + ".bak")
             pg = self.engine.dialect.name == "postgresql"
-            version = writing(self.engine, upgrade, isolation="READ COMMITTED" if pg else None)
+            version = (writing(self.engine, upgrade, isolation="READ COMMITTED" if pg else None)
+                       if self._rehearsal is None else in_savepoint(self._rehearsal, upgrade))
         self._version = version
         return version
 

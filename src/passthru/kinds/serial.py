@@ -81,7 +81,7 @@ class SerialKind(DeviceKind):
     hotpluggable = True
 
     def checks(self, h: HostRoot, device: Device) -> list:
-        from ..findings import FAIL, PASS, SKIP, Finding
+        from ..findings import FAIL, PASS, SKIP, Finding, unreadable_fix
 
         port = device.fact
         if device.bus != "serial" or not isinstance(port, SerialPort):
@@ -105,7 +105,8 @@ class SerialKind(DeviceKind):
         elif not scan.complete:
             out.append(Finding("serial.open", "Not open by another process", SKIP,
                                f"the open files of {scan.unreadable} of {scan.processes} processes are not readable "
-                               "here", "run `passthru doctor` as root", device=device.id))
+                               "here", unreadable_fix(h, "the open files of other processes (/proc/PID/fd)"),
+                               device=device.id))
         else:
             out.append(Finding("serial.open", "Not open by another process", PASS,
                                f"no process holds {port.device} open ({scan.processes} processes looked at)",

@@ -1,14 +1,8 @@
-"""The vGPU kind: mediated devices (mdev) and NVIDIA SR-IOV vGPU virtual functions, read-only.
+"""The vGPU kind: mediated devices (mdev) and NVIDIA SR-IOV vGPU virtual functions - choosing where one goes.
 
-Where vGPUs come from, as the kernel shows them:
-
-- **mdev parents**: every entry of ``/sys/class/mdev_bus`` (all buses: a PCI GPU on NVIDIA's vGPU manager, i915 GVT-g,
-  but also virtual devices such as the ``mtty`` sample), each with ``mdev_supported_types/<type>/{name, description,
-  available_instances, device_api, create}``. Instances are ``/sys/bus/mdev/devices/<uuid>`` (links into the parent).
-- **NVIDIA SR-IOV vGPU** (Ampere and newer on recent drivers; no mdev bus): each VF of the GPU has
-  ``nvidia/creatable_vgpu_types`` ("558 : NVIDIA A100-4C" lines) and ``nvidia/current_vgpu_type`` ("0" = none).
-  The parent is the PF; a VF with a type set is an instance, identified by its PCI address, and goes to a VM as a
-  PCI device.
+What the kernel shows (parents, types, instances, the vGPUs one PCI function hosts) is read in ``host/mdev.py`` and
+re-exported here. A GPU hosting live vGPUs is never taken whole: ``host/usage.py`` reports it (use ``vgpus``) and the
+takeover guards (``vfio/plan.py``) refuse it, for ``bind`` and ``assign`` alike.
 
     parents = scan_parents(h)                       # [Parent], mdev parents first, then SR-IOV GPUs
     p = find_parent(parents, "mtty")                # by name; a VF address finds its PF
@@ -21,172 +15,18 @@ The writer is ``passthru.mdev``; this module only reads. :data:`VGPU` is the reg
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NotFoundError, UsageError
+from ..host.mdev import MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, hosted_vgpus, nvidia_types, scan_parents
 from ..host.pci import normalize_address
-from ..host.root import HostRoot
 from .base import DeviceKind, register
 
 __all__ = ["VgpuType", "Instance", "Parent", "scan_parents", "find_parent", "candidates", "capacity", "pick",
-           "match_type", "unknown_type", "nvidia_types", "UUID_RE", "MDEV", "SRIOV", "PLACEMENTS", "VgpuKind", "VGPU"]
+           "match_type", "unknown_type", "nvidia_types", "hosted_vgpus", "UUID_RE", "MDEV", "SRIOV", "PLACEMENTS",
+           "VgpuKind", "VGPU"]
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-MDEV, SRIOV = "mdev", "nvidia-sriov"
 PLACEMENTS = ("pack", "spread")
-_NV_LINE = re.compile(r"^\s*(\d+)\s*:\s*(.*?)\s*$")
-
-
-@dataclass(frozen=True, slots=True)
-class VgpuType:
-    id: str  # "nvidia-224", "mtty-2", or an NVIDIA vGPU type number "558"
-    name: str | None
-    description: str | None
-    available: int | None  # None: unreadable
-    device_api: str | None
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "name": self.name, "description": self.description,
-                "available_instances": self.available, "device_api": self.device_api}
-
-
-@dataclass(frozen=True, slots=True)
-class Instance:
-    id: str  # the mdev UUID, or the VF's PCI address
-    mode: str  # MDEV | SRIOV
-    parent: str
-    type_id: str | None
-    driver: str | None
-    iommu_group: int | None
-
-    @property
-    def identity(self) -> str:
-        """The inventory identity a VM is assigned: ``mdev:<uuid>`` or ``pci:<VF>``."""
-        return f"mdev:{self.id}" if self.mode == MDEV else f"pci:{self.id}"
-
-
-@dataclass(frozen=True, slots=True)
-class Parent:
-    name: str  # /sys/class/mdev_bus entry ("0000:af:00.0", "mtty"), or the PF of an SR-IOV vGPU GPU
-    mode: str
-    path: str  # the parent device's directory (host-root path)
-    bus: str  # "pci", "virtual", or the subsystem's name
-    driver: str | None
-    numa_node: int | None
-    types: tuple[VgpuType, ...]
-    instances: tuple[Instance, ...]
-    vfs: tuple[str, ...] = ()  # SRIOV: the VFs offering vGPU types
-    free_vfs: dict | None = None  # SRIOV: type id -> VFs with no type set that can take it
-
-    def type(self, type_id: str) -> VgpuType | None:
-        return next((t for t in self.types if t.id == type_id), None)
-
-    def to_json(self) -> dict:
-        return {"parent": self.name, "mode": self.mode, "bus": self.bus, "driver": self.driver,
-                "numa_node": self.numa_node, "types": [t.to_json() for t in self.types],
-                "instances": [{"id": i.id, "type": i.type_id} for i in self.instances],
-                **({"vfs": list(self.vfs)} if self.mode == SRIOV else {})}
-
-
-# -- reading ------------------------------------------------------------------------------------------------------
-def _bus_of(h: HostRoot, path: str) -> str:
-    sub = h.link_name(path + "/subsystem")
-    if sub == "pci":
-        return "pci"
-    return "virtual" if "/devices/virtual/" in path else (sub or "unknown")
-
-
-def _numa(h: HostRoot, path: str) -> int | None:
-    n = h.read_int(path + "/numa_node")
-    return n if n is not None and n >= 0 else None
-
-
-def _group(h: HostRoot, path: str) -> int | None:
-    g = h.link_name(path + "/iommu_group")
-    return int(g) if g and g.isdigit() else None
-
-
-def _mdev_types(h: HostRoot, path: str) -> tuple[VgpuType, ...]:
-    d = path + "/mdev_supported_types"
-    return tuple(VgpuType(tid, h.read(f"{d}/{tid}/name") or None, h.read(f"{d}/{tid}/description") or None,
-                          h.read_int(f"{d}/{tid}/available_instances"), h.read(f"{d}/{tid}/device_api") or None)
-                 for tid in h.listdir(d))
-
-
-def _mdev_parents(h: HostRoot) -> list[Parent]:
-    base = h.sys + "/class/mdev_bus"
-    names = h.listdir(base)
-    if not names:
-        return []
-    by_path = {h.realpath(f"{base}/{n}"): n for n in names}
-    found: dict[str, dict[str, Instance]] = {n: {} for n in names}
-
-    def add(uuid: str, real: str) -> None:
-        parent = by_path.get(os.path.dirname(real))
-        if parent is not None and UUID_RE.match(uuid):
-            t = h.link_name(real + "/mdev_type")
-            found[parent][uuid] = Instance(uuid, MDEV, parent, t, h.link_name(real + "/driver"), _group(h, real))
-
-    for uuid in h.listdir(h.sys + "/bus/mdev/devices"):
-        add(uuid, h.realpath(f"{h.sys}/bus/mdev/devices/{uuid}"))
-    for path, name in by_path.items():  # captures without /sys/bus/mdev: the parent's own UUID entries
-        for entry in h.listdir(path):
-            if UUID_RE.match(entry) and entry not in found[name]:
-                add(entry, f"{path}/{entry}")
-    out = []
-    for path, name in sorted(by_path.items(), key=lambda x: x[1]):
-        out.append(Parent(name, MDEV, path, _bus_of(h, path), h.link_name(path + "/driver"), _numa(h, path),
-                          _mdev_types(h, path), tuple(found[name][u] for u in sorted(found[name]))))
-    return out
-
-
-def nvidia_types(text: str | None) -> list[tuple[str, str]]:
-    """``creatable_vgpu_types`` as [(id, name)]; the "ID : vGPU Name" header line is skipped."""
-    out = []
-    for line in (text or "").splitlines():
-        m = _NV_LINE.match(line)
-        if m:
-            out.append((m.group(1), m.group(2)))
-    return out
-
-
-def _sriov_parents(h: HostRoot) -> list[Parent]:
-    pci = h.sys + "/bus/pci/devices"
-    per_pf: dict[str, list[tuple[str, list[tuple[str, str]], str]]] = {}
-    for addr in h.listdir(pci):
-        d = f"{pci}/{addr}/nvidia"
-        if not h.exists(d + "/creatable_vgpu_types"):
-            continue
-        pf = h.link_name(f"{pci}/{addr}/physfn") or addr
-        cur = h.read(d + "/current_vgpu_type")
-        current = cur.split()[0] if cur else "0"
-        per_pf.setdefault(pf, []).append((addr, nvidia_types(h.read(d + "/creatable_vgpu_types")), current))
-    out = []
-    for pf, vfs in sorted(per_pf.items()):
-        names: dict[str, str] = {}
-        free: dict[str, list[str]] = {}
-        insts = []
-        for addr, types, current in vfs:
-            for tid, name in types:
-                names.setdefault(tid, name)
-                if current == "0":
-                    free.setdefault(tid, []).append(addr)
-            if current != "0":
-                insts.append(Instance(addr, SRIOV, pf, current, h.link_name(f"{pci}/{addr}/driver"),
-                                      _group(h, f"{pci}/{addr}")))
-        types_out = tuple(VgpuType(tid, name, None, len(free.get(tid, [])), "vfio-pci") for tid, name in names.items())
-        path = h.realpath(f"{pci}/{pf}")
-        out.append(Parent(pf, SRIOV, path, "pci", h.link_name(path + "/driver"), _numa(h, path), types_out,
-                          tuple(insts), tuple(a for a, _, _ in vfs), {k: tuple(v) for k, v in free.items()}))
-    return out
-
-
-def scan_parents(h: HostRoot) -> list[Parent]:
-    """Every place a vGPU can be made on this host: mdev parents (any bus), then NVIDIA SR-IOV vGPU GPUs."""
-    return _mdev_parents(h) + _sriov_parents(h)
 
 
 # -- choosing -----------------------------------------------------------------------------------------------------

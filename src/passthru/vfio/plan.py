@@ -3,7 +3,11 @@ IOMMU group), and whether any of them is something the host needs. Read-only.
 
 A refusal names the device, why, and the flag that overrides it where one makes sense (a NIC whose address the
 operator does not care about); some never can be overridden (a mounted filesystem, the console, a PF whose VFs a VM
-uses). One refusal stops the whole request: nothing is changed.
+uses, a GPU hosting live vGPUs). One refusal stops the whole request: nothing is changed. A dry run plans with the
+same function, so it refuses exactly what the real run would.
+
+:func:`check_whole` is the one rule that holds even when nothing is bound (``assign --no-bind``): a device hosting
+live vGPUs is never handed to a VM whole, since whoever binds it for the VM destroys them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from ..host.pci import PciFunction, normalize_address, read_function
 from ..host.root import HostRoot
 from ..host.usage import HostUse, host_uses
 
-__all__ = ["Refusal", "RefusedError", "TakeoverPlan", "plan_bind", "parse_addresses", "OVERRIDES"]
+__all__ = ["Refusal", "RefusedError", "TakeoverPlan", "plan_bind", "check_whole", "parse_addresses", "OVERRIDES"]
 
 # the override flags the CLI offers, by the kind of host use they lift
 OVERRIDES = {"--force-netdev": "a network interface with an address or route", "--allow-boot-vga": "the boot VGA"}
@@ -125,6 +129,14 @@ def plan_bind(h: HostRoot, addrs: list[str], *, group: bool, allow: frozenset[st
     if refusals:
         raise RefusedError(refusals)
     return plan
+
+
+def check_whole(h: HostRoot, addresses: list[str]) -> None:
+    """RefusedError naming the vGPUs and how to remove them when one of ``addresses`` hosts live vGPUs."""
+    uses = host_uses(h, addresses)
+    refusals = [Refusal(u.address, u.detail) for a in addresses for u in uses.get(a, []) if u.what == "vgpus"]
+    if refusals:
+        raise RefusedError(refusals)
 
 
 def _judge(plan: TakeoverPlan, refusals: list[Refusal], u: HostUse, allow: frozenset[str]) -> None:

@@ -31,7 +31,8 @@ class DeviceResult:
     address: str
     before: str | None  # driver before
     after: str | None  # driver after (planned, for a dry run)
-    status: str  # changed | unchanged | would change | restored | rolled back | failed | lost | dropped
+    status: str  # changed | unchanged | would change | restored | would restore | would drop | rolled back | failed
+    #              | lost | dropped
     note: str = ""
     mate_of: str | None = None
 
@@ -188,8 +189,10 @@ def give_back(k: Kernel, store: Store, rec: Holding) -> None:
 
 
 # -- restore ------------------------------------------------------------------------------------------------------
-def restore(h: HostRoot, paths: Paths, addresses: list[str] | None, *, kernel: Kernel | None = None) -> Outcome:
-    """Give held devices back (``None``: all). A device's held IOMMU group mates go back with it."""
+def restore(h: HostRoot, paths: Paths, addresses: list[str] | None, *, dry_run: bool = False,
+            kernel: Kernel | None = None) -> Outcome:
+    """Give held devices back (``None``: all). A device's held IOMMU group mates go back with it. ``dry_run``: the
+    same refusals, then what would go back (status "would restore"), on any root; nothing is written."""
     store = Store(paths)
     k = kernel or Kernel(h)
     out = Outcome("restore")
@@ -198,29 +201,49 @@ def restore(h: HostRoot, paths: Paths, addresses: list[str] | None, *, kernel: K
     if strangers:
         raise UsageError(f"{strangers[0]}: passthru does not hold this device (`passthru status` lists what it "
                          "holds); nothing was changed")
+    if dry_run:
+        held, order, requested = _restore_order(store, wanted)
+        for a in order:
+            present = k.present(a)
+            out.devices.append(DeviceResult(a, k.driver_of(a) if present else None, held[a].prior_driver,
+                                            "would restore" if present else "would drop",
+                                            "" if present else "gone from the host; the record would be dropped",
+                                            _mate(held, requested, a)))
+        return out
     k.require_live()
     with store.lock():
-        held = {r.address: r for r in store.holdings()}
-        order = list(held) if wanted is None else [a for a in wanted if a in held]
-        requested = set(order)
-        if wanted is not None:
-            for a in list(order):
-                g = held[a].iommu_group
-                order += [m for m, r in held.items() if g is not None and r.iommu_group == g and m not in order]
+        held, order, requested = _restore_order(store, wanted)
         errors: list[str] = []
         if order:
             with store.journal.begin("vfio.restore", members=order) as op:
                 hit("vfio.restore.intent")
                 for a in order:
-                    mate = None if a in requested else next(
-                        (r for r in requested if held[r].iommu_group == held[a].iommu_group), None)
-                    give_back_one(k, store, held[a], out, errors, mate)
+                    give_back_one(k, store, held[a], out, errors, _mate(held, requested, a))
                 if errors:
                     op.release()  # the intent stays: reconcile retries what the kernel refused
         if errors:
             out.error = "; ".join(errors)
             raise HostError(out.error + " — the record is kept: fix the cause and run `passthru reconcile`")
     return out
+
+
+def _restore_order(store: Store, wanted: list[str] | None) -> tuple[dict[str, Holding], list[str], set[str]]:
+    """(held records, the addresses to give back in order: the requested ones then their held group mates, the
+    requested set)."""
+    held = {r.address: r for r in store.holdings()}
+    order = list(held) if wanted is None else [a for a in wanted if a in held]
+    requested = set(order)
+    if wanted is not None:
+        for a in list(order):
+            g = held[a].iommu_group
+            order += [m for m, r in held.items() if g is not None and r.iommu_group == g and m not in order]
+    return held, order, requested
+
+
+def _mate(held: dict[str, Holding], requested: set[str], a: str) -> str | None:
+    if a in requested:
+        return None
+    return next((r for r in requested if held[r].iommu_group == held[a].iommu_group), None)
 
 
 def give_back_one(k: Kernel, store: Store, rec: Holding, out: Outcome, errors: list[str], mate: str | None = None
