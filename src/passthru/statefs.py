@@ -21,7 +21,7 @@ import os
 
 from .errors import ConfigError, HostError
 
-__all__ = ["write_atomic", "write_if_changed", "fsync_dir", "FileLock", "caller", "read_record", "open_nofollow",
+__all__ = ["write_atomic", "unlink_quietly", "write_if_changed", "fsync_dir", "FileLock", "caller", "read_record", "open_nofollow",
            "append_line", "list_names", "ensure_dir", "check_dir", "path_error", "read_only_fs", "DIR_FLAGS"]
 
 DIR_FLAGS = "--state-dir / --config-dir"
@@ -250,12 +250,17 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
         except OSError as e:
             _raise(path, e)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        unlink_quietly(tmp)
         raise
     fsync_dir(d)
+
+
+def unlink_quietly(path: str) -> None:
+    """Remove a file that may not be there (a temporary file left by a failed write); errors are ignored."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def fsync_dir(d: str) -> None:

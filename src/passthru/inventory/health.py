@@ -96,7 +96,7 @@ def backup_sqlite(db: str, dest: str) -> int:
     """Copy the SQLite database ``db`` to ``dest`` (0600, atomically replaced, never through a link) with the
     online backup API, after an integrity check and a look at its tables: a consistent copy even while others
     write, and never a damaged or foreign one. Returns the bytes written. InventoryError when ``db`` is damaged; HostError when it stays locked."""
-    from ..statefs import fsync_dir, open_nofollow
+    from ..statefs import fsync_dir, open_nofollow, unlink_quietly
 
     src = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S)
     tmp = os.path.join(os.path.dirname(dest) or ".", f".{os.path.basename(dest)}.{os.getpid()}.passthru")
@@ -113,10 +113,7 @@ def backup_sqlite(db: str, dest: str) -> int:
         if bad:
             raise InventoryError(f"{db}: damaged ({'; '.join(bad[:2])}): not copying it over {dest}; "
                                  "`passthru store check` says more")
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        unlink_quietly(tmp)
         os.close(open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         dst = sqlite3.connect(tmp)
         deadline = time.monotonic() + BUSY_TIMEOUT_S
@@ -143,10 +140,7 @@ def backup_sqlite(db: str, dest: str) -> int:
         fsync_dir(os.path.dirname(dest) or ".")
         return size
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        unlink_quietly(tmp)
         raise
     finally:
         src.close()
