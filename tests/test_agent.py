@@ -31,7 +31,8 @@ from passthru.agent.api import create_app
 from passthru.agent.events import QueueSource
 from passthru.agent.server import AgentServer, Listen, load_token, parse_listen
 from passthru.agent.vms import parse_qemu_argv
-from passthru.commands import Session, devices_doc, groups_doc, serial_doc, usb_doc
+from passthru.service.session import Session
+from passthru.service.listings import devices_doc, groups_doc, serial_doc, usb_doc
 from passthru.errors import HostError, UsageError
 from passthru.inventory.service import open_store
 

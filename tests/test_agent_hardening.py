@@ -37,7 +37,7 @@ from fake_kernel import FakeKernel
 from passthru.agent.api import create_app
 from passthru.agent.logfilter import RateLimit
 from passthru.agent.server import AgentServer, Listen
-from passthru.commands import Session
+from passthru.service.session import Session
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "test-token-0123456789abcdef"

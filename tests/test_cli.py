@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from passthru.cli import main as cli_main
-from passthru.commands import _parse_fast, fast_main
+from passthru.service.fastpath import _parse_fast, fast_main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ import pytest
 from passthru import __version__
 from passthru.cli import command
 from passthru.cli import main as cli_main
-from passthru.commands import _parse_fast
+from passthru.service.fastpath import _parse_fast
 from passthru.completion import script, walk
 
 

@@ -17,7 +17,7 @@ import sysfs_fixtures as fx
 import crash_points as cp
 from fake_kernel import FakeKernel
 from passthru.cli import main as cli_main
-from passthru.commands import Session
+from passthru.service.session import Session
 from passthru.errors import UsageError
 from passthru.inventory.service import assign, open_store, release
 from passthru.journal import journal_for

@@ -14,7 +14,7 @@ import pytest
 import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
 from passthru.cli import main as cli_main
-from passthru.commands import Session
+from passthru.service.session import Session
 from passthru.inventory.service import assign, open_store, release
 from passthru.vfio import restore
 from prepare_fixtures import snapshot

@@ -17,7 +17,7 @@ import pytest
 import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
 from passthru.cli import main as cli_main
-from passthru.commands import Session
+from passthru.service.session import Session
 from passthru.discovery import discover
 from passthru.doctor import FAIL, PASS, WARN, run_doctor
 from passthru.errors import NotFoundError, UsageError

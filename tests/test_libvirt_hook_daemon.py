@@ -14,7 +14,7 @@ import pytest
 
 import libvirtd
 import sysfs_fixtures as fx
-from passthru.commands import Session
+from passthru.service.session import Session
 from passthru.inventory.service import assign, open_store
 from passthru.service import hooks
 

@@ -17,7 +17,7 @@ import pytest
 
 import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
-from passthru.commands import Session
+from passthru.service.session import Session
 from passthru.errors import UsageError
 from passthru.inventory.service import open_store
 from passthru.service import hooks

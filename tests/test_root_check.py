@@ -12,7 +12,7 @@ import pytest
 
 from passthru.capture import capture_host
 from passthru.cli import main as cli_main
-from passthru.commands import fast_main
+from passthru.service.fastpath import fast_main
 from passthru.errors import UsageError
 from passthru.host.root import HostRoot
 

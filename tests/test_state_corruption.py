@@ -496,7 +496,7 @@ def test_a_symlinked_record_is_one_line_and_its_target_untouched(world, tmp_path
 def test_an_escaped_oserror_is_one_line_exit_1(world, tmp_path, capsys, monkeypatch):
     import errno
 
-    from passthru.commands import Session
+    from passthru.service.session import Session
 
     def failing_disk(self, **kw):  # the stimulus: a read error no check anticipates
         raise OSError(errno.EIO, os.strerror(errno.EIO), "/sys/bus/pci/devices/0000:86:00.0/config")

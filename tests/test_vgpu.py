@@ -16,7 +16,7 @@ import pytest
 import sysfs_fixtures as fx
 from fake_kernel import Crash, FakeKernel
 from passthru.cli import main as cli_main
-from passthru.commands import Session
+from passthru.service.session import Session
 from passthru.config import Paths
 from passthru.errors import HostError, NotFoundError, UsageError
 from passthru.host.root import HostRoot

@@ -12,7 +12,7 @@ import pytest
 import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
 from passthru.cli import main as cli_main
-from passthru.commands import Session
+from passthru.service.session import Session
 from passthru.config import Paths
 from passthru.errors import UsageError
 from passthru.host.mdev import MDEV, SRIOV, hosted_vgpus

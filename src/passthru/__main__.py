@@ -4,9 +4,9 @@ import sys
 
 
 def main() -> None:
-    from .commands import fast_main
+    from .service.fastpath import fast_main
 
-    rc = fast_main(sys.argv[1:])  # plain JSON listings skip the CLI framework (see commands.py)
+    rc = fast_main(sys.argv[1:])  # plain JSON listings skip the CLI framework (see service/fastpath.py)
     if rc is None:
         from .cli import main as cli_main
 

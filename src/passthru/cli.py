@@ -13,7 +13,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .commands import Session, devices_doc, emit_json, groups_data, groups_doc, select_devices, serial_doc, usb_doc
+from .service.session import Session
+from .service.listings import devices_doc, emit_json, groups_data, groups_doc, select_devices, serial_doc, usb_doc
 from .errors import NotFoundError, PassthruError, UsageError
 
 app = typer.Typer(

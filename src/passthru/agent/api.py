@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..commands import Session
+from ..service.session import Session
 from ..errors import ConfigError, HostError, NotFoundError, PassthruError, UsageError
 from ..names import UUID_PATTERN, VM_NAME_MAX, VM_NAME_PATTERN
 from .core import Agent

@@ -1,6 +1,6 @@
 """The agent's state: the inventory kept in memory, reconcile, VM liveness, counters for /metrics.
 
-Everything here calls the same service layer as the CLI (``commands``, ``inventory.service``, ``vfio``, ``config``,
+Everything here calls the same service layer as the CLI (``service.listings``, ``inventory.service``, ``vfio``, ``config``,
 ``doctor``); the agent adds only what a long-running process needs:
 
 - a **snapshot** of the host (one discovery, the store synced with it, the ``devices`` document serialized once),
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ..commands import Session, devices_doc, groups_doc, serial_doc, usb_doc
+from ..service.session import Session
+from ..service.listings import devices_doc, groups_doc, serial_doc, usb_doc
 from ..errors import PassthruError, UsageError
 from .events import HotplugEvent, Watcher
 from .vms import vm_processes

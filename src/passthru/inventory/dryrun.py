@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..commands import Session
+from ..service.session import Session
 from ..vfio import Store as Holdings
 from ..vfio import restore as vfio_restore
 from .service import _hook_path, _to_release, open_store, pci_addresses

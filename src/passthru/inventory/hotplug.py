@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..commands import Session
+from ..service.session import Session
 from ..errors import NotFoundError, PassthruError, UsageError
 from ..host.iommu import is_vfio_driver
 from ..names import check_vm

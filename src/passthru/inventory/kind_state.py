@@ -8,7 +8,7 @@ import json
 import os
 import re
 
-from ..commands import Session
+from ..service.session import Session
 from ..journal import Op
 from ..statefs import read_record, write_atomic
 

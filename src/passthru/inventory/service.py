@@ -13,7 +13,7 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from ..commands import Session
+from ..service.session import Session
 from ..config import BUILTIN_KINDS
 from ..discovery import Inventory
 from ..errors import NotFoundError, PassthruError, UsageError

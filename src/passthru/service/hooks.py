@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from ..commands import Session
+from .session import Session
 from ..config import CONFIG_ENV, STATE_ENV, Paths
 from ..errors import UsageError
 from ..inventory.store import DB_ENV

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..commands import Session
+from .session import Session
 from ..errors import NotFoundError, UsageError
 from ..host.pci import normalize_address
 from ..host.usb import scan_usb

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from ..commands import Session
+from .session import Session
 from ..errors import NotFoundError, UsageError
 from ..inventory.service import open_store
 from ..vm.domain import HostDevice

@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 from .. import vfio
-from ..commands import Session
+from .session import Session
 from ..errors import PassthruError
 from ..host.iommu import is_vfio_driver
 from ..inventory.service import _hook_path, _undo_kind, finish_release, open_store, undo_assign
