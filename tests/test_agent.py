@@ -34,7 +34,7 @@ from passthru.agent.vms import parse_qemu_argv
 from passthru.service.session import Session
 from passthru.service.listings import devices_doc, groups_doc, serial_doc, usb_doc
 from passthru.errors import HostError, UsageError
-from passthru.inventory.service import open_store
+from passthru.service.assign import open_store
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ from fake_kernel import FakeKernel
 from passthru.cli import main as cli_main
 from passthru.service.session import Session
 from passthru.errors import UsageError
-from passthru.inventory.service import assign, open_store, release
+from passthru.service.assign import assign, open_store, release
 from passthru.journal import journal_for
 from passthru.service.reconcile import reconcile
 from passthru.vfio import BOUND, Store as Holdings
@@ -150,7 +150,7 @@ def test_attach_with_a_qmp_path_that_is_not_a_socket_is_bad_input(tmp_path, caps
 
 
 def _qemu_args(s: Session) -> list[str]:
-    from passthru.inventory.service import vm_attachments
+    from passthru.service.hotplug import vm_attachments
     from passthru.vm.qemu import qemu_args
 
     return qemu_args(vm_attachments(s, "vm1")).argv

@@ -15,7 +15,7 @@ import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
 from passthru.cli import main as cli_main
 from passthru.service.session import Session
-from passthru.inventory.service import assign, open_store, release
+from passthru.service.assign import assign, open_store, release
 from passthru.vfio import restore
 from prepare_fixtures import snapshot
 

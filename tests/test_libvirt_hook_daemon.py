@@ -15,7 +15,7 @@ import pytest
 import libvirtd
 import sysfs_fixtures as fx
 from passthru.service.session import Session
-from passthru.inventory.service import assign, open_store
+from passthru.service.assign import assign, open_store
 from passthru.service import hooks
 
 pytestmark = pytest.mark.skipif(not libvirtd.available(), reason=libvirtd.why_not() or "")

@@ -19,7 +19,7 @@ import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
 from passthru.service.session import Session
 from passthru.errors import UsageError
-from passthru.inventory.service import open_store
+from passthru.service.assign import open_store
 from passthru.service import hooks
 from passthru.service.lifecycle import libvirt_hook, libvirt_vm_name
 from passthru.service.proxmox import proxmox_hook
@@ -79,7 +79,7 @@ def test_prepare_binds_unmanaged_records_managed_and_release_gives_back(host):
 
 
 def test_reconcile_and_qemu_args_leave_managed_devices_to_the_vm_manager(host):
-    from passthru.inventory.service import vm_attachments
+    from passthru.service.hotplug import vm_attachments
     from passthru.service.reconcile import reconcile
 
     s, k = host

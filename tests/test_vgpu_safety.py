@@ -18,7 +18,7 @@ from passthru.errors import UsageError
 from passthru.host.mdev import MDEV, SRIOV, hosted_vgpus
 from passthru.host.root import HostRoot
 from passthru.host.usage import host_uses
-from passthru.inventory.service import assign, open_store
+from passthru.service.assign import assign, open_store
 from passthru.vfio import RefusedError, bind, plan_bind
 
 T4, A100, VF0, VF1, GTX, GTX_AUDIO = ("0000:af:00.0", "0000:d8:00.0", "0000:d8:00.4", "0000:d8:00.5", "0000:18:00.0",

@@ -87,7 +87,7 @@ def assign(
     52:54:00:12:34:56 --vlan 100 --spoofchk on` (a VF, configured through its PF; put back on release),
     `passthru assign vm1 gpu --dry-run` (what would be claimed and moved; same refusals, nothing changed).
     """
-    from .inventory.service import assign as do_assign
+    from .service.assign import assign as do_assign
 
     c: _Ctx = ctx.obj
     vf = {k: v for k, v in {"mac": mac, "vlan": vlan, "qos": qos, "spoofchk": spoofchk, "trust": trust,
@@ -124,8 +124,8 @@ def release(
 ) -> None:
     """Take devices away from a VM's record (all of them, or the SPECs). Examples: `passthru release vm1`,
     `passthru release vm1 0000:86:00.0 --restore`, `passthru release vm1 --restore --dry-run`."""
-    from .inventory.service import plan_release
-    from .inventory.service import release as do_release
+    from .service.dryrun import plan_release
+    from .service.assign import release as do_release
 
     c: _Ctx = ctx.obj
     if dry_run:
@@ -160,7 +160,7 @@ def assignments(
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Who holds what. Example: `passthru assignments --json`."""
-    from .inventory.service import _assignment_json, open_store
+    from .service.assign import _assignment_json, open_store
 
     c: _Ctx = ctx.obj
     rows = open_store(c).assignments(vm, active=not all_)
@@ -176,7 +176,7 @@ def assignments(
 
 def _attachments(c: _Ctx, vm: str, x_vga: list[str], romfile: list[str], rombar_off: list[str], serial_bus: str):
     from .host.pci import normalize_address
-    from .inventory.service import vm_attachments
+    from .service.hotplug import vm_attachments
     from .vm.build import AttachOptions
 
     def addr(t: str) -> str:
@@ -308,7 +308,7 @@ def attach(
 
     Example: `passthru attach vm1 0000:86:00.0 --qmp /run/vm1.qmp`.
     """
-    from .inventory.service import attach as do_attach
+    from .service.hotplug import attach as do_attach
 
     c: _Ctx = ctx.obj
     res = do_attach(c, vm, specs, qmp, port=port)
@@ -332,7 +332,7 @@ def detach(
 
     Example: `passthru detach vm1 0000:86:00.0 --qmp /run/vm1.qmp`.
     """
-    from .inventory.service import detach as do_detach
+    from .service.hotplug import detach as do_detach
 
     c: _Ctx = ctx.obj
     res = do_detach(c, vm, specs, qmp, keep=keep)

@@ -326,7 +326,7 @@ def _undo(k: MdevKernel, store: MdevStore, res: VgpuResult, prior: str | None) -
 def _assign(h: HostRoot, paths: Paths, res: VgpuResult, k: MdevKernel) -> None:
     """Claim the new vGPU for its VM; when the claim fails, the vGPU goes again (all or nothing)."""
     from .service.session import Session
-    from .inventory.service import assign
+    from .service.assign import assign
 
     s = Session(h.base, paths.config_dir, paths.state_dir)
     try:

@@ -25,7 +25,7 @@ import time
 
 import sqlite3
 
-import passthru.inventory.service  # noqa: F401 - imported once here, not in every child (TCG is slow)
+import passthru.service.assign  # noqa: F401 - imported once here, not in every child (TCG is slow)
 import passthru.service.reconcile  # noqa: F401
 from passthru import failpoints
 from passthru.cli import command

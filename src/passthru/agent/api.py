@@ -452,7 +452,8 @@ def _json(doc: Any, status: int = 200) -> JSONResponse:
 
 def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that lists the API
     from .. import config, vfio
-    from ..inventory import service
+    from ..service import assign as service
+    from ..service.hotplug import attach as hot_attach, check_qmp_socket, detach as hot_detach
 
     # -- reads ----------------------------------------------------------------------------------------------------
     @app.get("/health", response_model=HealthDoc, tags=["agent"], summary="Liveness (no token needed)")
@@ -522,7 +523,7 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
     def assignments(vm: Annotated[VmName | None, Query(description="Only this VM.")] = None,
                     all: Annotated[bool, Query(description="Include released assignments.")] = False  # noqa: A002
                     ) -> JSONResponse:
-        from ..inventory.service import _assignment_json
+        from ..service.assign import _assignment_json
 
         rows = agent.store.assignments(vm, active=not all)
         vms = [v for v in agent.vm_status().values() if vm is None or v["vm"] == vm]
@@ -603,16 +604,16 @@ def _routes(app: FastAPI, agent: Agent) -> None:  # noqa: C901 - one place that 
     @app.post("/attach", response_model=AttachDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["vms"], summary="Hot-plug devices into a running VM over QMP (assigning them first if needed)")
     def attach(body: AttachBody) -> JSONResponse:
-        service.check_qmp_socket(body.qmp)  # before the write lock: bad input changes nothing
-        res = agent.write(lambda s: service.attach(s, body.vm, body.devices, body.qmp, port=body.port,
+        check_qmp_socket(body.qmp)  # before the write lock: bad input changes nothing
+        res = agent.write(lambda s: hot_attach(s, body.vm, body.devices, body.qmp, port=body.port,
                                                    kernel=agent.kernel), refresh="attach")
         return _json({"schema": 1, "vm": body.vm, "attached": res})
 
     @app.post("/detach", response_model=DetachDoc, responses=_errors(400, 401, 404, 409, 413, 422, 500),
               tags=["vms"], summary="Hot-unplug devices from a running VM, then release (or keep) them")
     def detach(body: DetachBody) -> JSONResponse:
-        service.check_qmp_socket(body.qmp)
-        res = agent.write(lambda s: service.detach(s, body.vm, body.devices, body.qmp, keep=body.keep),
+        check_qmp_socket(body.qmp)
+        res = agent.write(lambda s: hot_detach(s, body.vm, body.devices, body.qmp, keep=body.keep),
                           refresh="detach")
         return _json({"schema": 1, "vm": body.vm, "detached": res})
 

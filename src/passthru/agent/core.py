@@ -1,6 +1,6 @@
 """The agent's state: the inventory kept in memory, reconcile, VM liveness, counters for /metrics.
 
-Everything here calls the same service layer as the CLI (``service.listings``, ``inventory.service``, ``vfio``, ``config``,
+Everything here calls the same service layer as the CLI (``service.listings``, ``service.assign``, ``vfio``, ``config``,
 ``doctor``); the agent adds only what a long-running process needs:
 
 - a **snapshot** of the host (one discovery, the store synced with it, the ``devices`` document serialized once),
@@ -197,7 +197,7 @@ class Agent:
     @property
     def store(self) -> Any:
         if self._store is None:
-            from ..inventory.service import open_store
+            from ..service.assign import open_store
 
             self._store = open_store(self.session_factory())
         return self._store
@@ -220,7 +220,7 @@ class Agent:
 
     def refresh(self, reason: str) -> dict:
         """Discover the host, sync the store with it, and swap in the new snapshot. Returns what changed."""
-        from ..inventory.service import sync
+        from ..service.assign import sync
 
         with self._refresh_lock:
             t0 = time.monotonic()
@@ -323,7 +323,7 @@ class Agent:
 
     # -- reconcile ------------------------------------------------------------------------------------------------
     def reconcile(self, *, release_gone: bool | None = None, reason: str = "on demand") -> dict:
-        from ..inventory.service import release
+        from ..service.assign import release
         from ..service.reconcile import reconcile as settle
 
         release_gone = self.release_gone if release_gone is None else release_gone

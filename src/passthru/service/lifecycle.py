@@ -2,7 +2,7 @@
 Proxmox hookscript are thin faces over these two operations; service/hooks.py installs them).
 
 - :func:`vm_starting` — "this VM is starting with these host devices": one journaled ``assign`` of all of them
-  (inventory/service.py), so either every device is held by the VM or none is, and a device held by another VM or
+  (service/assign.py), so either every device is held by the VM or none is, and a device held by another VM or
   refused by the takeover's guards (the boot VGA, a NIC with an address, a mounted disk) refuses the start with one
   line. Devices the VM manager binds itself (``managed``: libvirt ``managed='yes'``, Proxmox ``hostpciN``) are
   recorded (takeover "none") and checked by the same guards, never bound here; the others go to vfio-pci, whole
@@ -24,7 +24,7 @@ from .session import Session
 from ..errors import NotFoundError, UsageError
 from ..host.pci import normalize_address
 from ..host.usb import scan_usb
-from ..inventory.service import AssignResult, assign, open_store, release
+from .assign import AssignResult, assign, open_store, release
 from ..names import check_uuid, is_vm_name
 from ..vfio import Store as Holdings
 from ..vm.domain import HostDevice, parse_domain

@@ -17,7 +17,7 @@ import os
 
 from .session import Session
 from ..errors import NotFoundError, UsageError
-from ..inventory.service import open_store
+from .assign import open_store
 from ..vm.domain import HostDevice
 from ..vm.proxmox import ProxmoxVm, mdev_uuid, parse_pci_mappings, parse_vm_config
 from .lifecycle import HookResult, proxmox_vm_name, vm_starting, vm_stopped

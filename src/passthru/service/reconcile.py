@@ -24,7 +24,7 @@ from .. import vfio
 from .session import Session
 from ..errors import PassthruError
 from ..host.iommu import is_vfio_driver
-from ..inventory.service import _hook_path, _undo_kind, finish_release, open_store, undo_assign
+from .assign import _hook_path, _undo_kind, finish_release, open_store, undo_assign
 from ..journal import journal_for
 from ..mdev import MdevStore, release_created
 from ..statefs import read_record

@@ -8,7 +8,7 @@ import json
 import os
 import re
 
-from ..service.session import Session
+from .session import Session
 from ..journal import Op
 from ..statefs import read_record, write_atomic
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from ..service.session import Session
+from .session import Session
 from ..config import BUILTIN_KINDS
 from ..discovery import Inventory
 from ..errors import NotFoundError, PassthruError, UsageError
@@ -21,18 +21,17 @@ from ..failpoints import hit
 from ..host.iommu import is_vfio_driver
 from ..journal import journal_for
 from ..names import check_uuid, check_vm
-from .records import records_from
-from .spec import Spec, parse_spec
+from ..inventory.records import records_from
+from ..inventory.spec import Spec, parse_spec
 from ..vfio import Store as Holdings
 from ..vfio import bind as vfio_bind
 from ..vfio import restore as vfio_restore
 from .kind_state import configure_vfs as _configure_vfs
 from .kind_state import hook_path as _hook_path  # reconcile and the dry runs import these from here
 from .kind_state import undo_kind as _undo_kind
-from .store import Assignment, ClaimError, Store
+from ..inventory.store import Assignment, ClaimError, Store
 
-__all__ = ["AssignResult", "open_store", "sync", "assign", "release", "attach", "detach", "pci_addresses",
-           "undo_assign", "finish_release", "vm_attachments", "check_qmp_socket"]
+__all__ = ["AssignResult", "open_store", "sync", "assign", "release", "pci_addresses", "undo_assign", "finish_release"]
 
 
 @dataclass(slots=True)
@@ -457,17 +456,3 @@ def _held(s: Session, store: Store, vm: str, held: dict[str, Assignment], texts:
 def _matches(store: Store, identity: str, spec: Spec) -> bool:
     d = next((x for x in store.devices() if x["identity"] == identity), None)
     return d is not None and d["kind"] == spec.value
-
-
-_ELSEWHERE = {"attach": "hotplug", "detach": "hotplug", "vm_attachments": "hotplug", "check_qmp_socket": "hotplug",
-              "plan_release": "dryrun"}
-
-
-def __getattr__(name: str) -> object:
-    """attach, detach, vm_attachments, check_qmp_socket (hotplug.py) and plan_release (dryrun.py) live in modules
-    that import this one; they stay importable from here."""
-    if name in _ELSEWHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_ELSEWHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 
-from ..service.session import Session
+from .session import Session
 from ..errors import NotFoundError, PassthruError, UsageError
 from ..host.iommu import is_vfio_driver
 from ..names import check_vm
-from .service import _held, _kind_refusals, _undo_kind, assign, open_store, sync
-from .store import Store
+from .assign import _held, _kind_refusals, _undo_kind, assign, open_store, sync
+from ..inventory.store import Store
 
 __all__ = ["attach", "detach", "vm_attachments", "check_qmp_socket"]
 

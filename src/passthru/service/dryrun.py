@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 
-from ..service.session import Session
+from .session import Session
 from ..vfio import Store as Holdings
 from ..vfio import restore as vfio_restore
-from .service import _hook_path, _to_release, open_store, pci_addresses
+from .assign import _hook_path, _to_release, open_store, pci_addresses
 
 __all__ = ["plan_release"]
 
