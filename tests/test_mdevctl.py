@@ -16,7 +16,8 @@ from passthru.capture import capture_host
 from passthru.errors import UsageError
 from passthru.host.mdevctl import find_definition, read_definitions
 from passthru.host.root import HostRoot
-from passthru.mdev import MdevStore, create, list_vgpus, remove, start_persisted
+from passthru.kinds.vgpu import MdevStore, list_vgpus, start_persisted
+from passthru.service.vgpu import create, remove
 from test_vgpu import T4, U1, U2, _host, live, run
 
 T4_UUID = fx.T4_MDEV_UUID

@@ -22,7 +22,7 @@ from passthru.inventory.schema import LATEST
 from passthru.cli import main as cli_main
 from passthru.config import Paths
 from passthru.errors import ConfigError
-from passthru.mdev import MdevStore, Record
+from passthru.kinds.vgpu import MdevStore, Record
 from passthru.statefs import (FileLock, append_line, list_names, open_nofollow, read_record, write_atomic,
                               write_if_changed)
 from passthru.vfio import Store as Holdings

@@ -1,4 +1,4 @@
-"""vGPUs (`passthru vgpu types/list/create/remove/start-persisted`, passthru.mdev) on fixture hosts: the gpu_server's
+"""vGPUs (`passthru vgpu types/list/create/remove/start-persisted`, passthru.kinds.vgpu, passthru.service.vgpu) on fixture hosts: the gpu_server's
 T4 (mdev types on a PCI GPU) and A100 (NVIDIA SR-IOV vGPU VFs), plus an mtty-like virtual mdev parent, written through
 a fake of the mdev core at the one boundary passthru writes through (:class:`FakeMdevKernel`). The same verbs run on a
 real kernel with mtty in tests/lab/test_lab_vgpu.py."""
@@ -22,8 +22,9 @@ from passthru.errors import HostError, NotFoundError, UsageError
 from passthru.host.root import HostRoot
 from passthru.kinds import KINDS
 from passthru.kinds.vgpu import MDEV, SRIOV, UUID_RE, VgpuKind, nvidia_types, scan_parents
-from passthru.mdev import (CREATED, CREATING, MdevKernel, MdevStore, create, list_vgpus, release_created, remove,
-                           start_persisted)
+from passthru.kinds.vgpu import CREATED, CREATING, MdevStore, list_vgpus, release_created, start_persisted
+from passthru.service.vgpu import create, remove
+from passthru.writers.mdev import MdevKernel
 
 T4, A100, VF0, VF1 = "0000:af:00.0", "0000:d8:00.0", "0000:d8:00.4", "0000:d8:00.5"
 T4_UUID = fx.T4_MDEV_UUID

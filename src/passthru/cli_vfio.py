@@ -166,7 +166,7 @@ def reconcile(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> No
 def apply_boot(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
     """Re-apply persisted bindings and re-create persisted vGPUs (run at boot by passthru-apply-boot.service,
     before networking and VMs)."""
-    from .mdev import start_persisted
+    from .service.vgpu import start_persisted
     from .vfio import apply_boot as do_apply_boot
 
     c: _Ctx = ctx.obj

@@ -33,7 +33,7 @@ def types(
 
     Examples: `passthru vgpu types`, `passthru vgpu types 0000:af:00.0 --json`.
     """
-    from .mdev import types_doc
+    from .service.vgpu import types_doc
 
     c: _Ctx = ctx.obj
     doc = types_doc(c.host, parent)
@@ -96,8 +96,8 @@ def create(
     `passthru vgpu create mtty mtty-2 --persist`, `passthru vgpu create nvidia-224 --placement spread`,
     `passthru vgpu create 0000:d8:00.0 A100-4C --vm vm1`.
     """
-    from .mdev import VgpuOutcome
-    from .mdev import create as do_create
+    from .service.vgpu import VgpuOutcome
+    from .service.vgpu import create as do_create
 
     c: _Ctx = ctx.obj
     parent, type_text = _positional(args)
@@ -125,8 +125,8 @@ def remove(
 
     Refused while a VM holds it (`passthru release` first). Example: `passthru vgpu remove 4b6a7c3e-...`.
     """
-    from .mdev import VgpuOutcome
-    from .mdev import remove as do_remove
+    from .service.vgpu import VgpuOutcome
+    from .service.vgpu import remove as do_remove
 
     c: _Ctx = ctx.obj
     r = do_remove(c.host, c.paths, ident, keep_definition=keep_definition, dry_run=dry_run)
@@ -141,7 +141,7 @@ def list_(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
     """vGPU instances: live ones, definitions (passthru's and mdevctl's /etc/mdevctl.d), and which passthru made (and
     for which VM). Example: `passthru vgpu list --json`.
     """
-    from .mdev import list_vgpus
+    from .service.vgpu import list_vgpus
 
     c: _Ctx = ctx.obj
     rows = list_vgpus(c.host, c.paths)
@@ -187,7 +187,7 @@ def start_persisted(
     Exit 1 when one could not be started (the others still are). Examples: `passthru vgpu start-persisted`,
     `passthru vgpu start-persisted --parent 0000:af:00.0`.
     """
-    from .mdev import start_persisted as do_start
+    from .service.vgpu import start_persisted as do_start
 
     c: _Ctx = ctx.obj
     out = do_start(c.host, c.paths, parent=parent)

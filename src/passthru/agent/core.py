@@ -380,7 +380,7 @@ class Agent:
         """Re-create persisted vGPU (mdev) instances that are not live (``passthru vgpu start-persisted``), when
         this passthru has the vGPU module."""
         try:
-            from .. import mdev
+            from ..service import vgpu as mdev
         except ImportError:
             return None
         k = self.kernel if isinstance(self.kernel, mdev.MdevKernel) else None

@@ -1,4 +1,4 @@
-"""vGPU and SR-IOV VF endpoints: thin wrappers over ``passthru.mdev`` and ``passthru.sriov`` /
+"""vGPU and SR-IOV VF endpoints: thin wrappers over ``passthru.service.vgpu`` and ``passthru.sriov`` /
 ``passthru.kinds.nic_vf`` (the same functions as ``passthru vgpu ...`` and ``passthru vf ...``). Added by
 ``api.create_app`` when those modules are importable."""
 
@@ -112,7 +112,7 @@ def add_routes(app: FastAPI, agent: Agent, errors: Callable[..., dict], invalid:
 
 def _vgpu(app: FastAPI, agent: Agent, errors: Callable[..., dict]) -> None:
     try:
-        from .. import mdev
+        from ..service import vgpu as mdev
     except ImportError:
         return
 

@@ -12,7 +12,7 @@
     hosted_vgpus(h, "0000:af:00.0")        # [Instance]: the live vGPUs a PCI function hosts (a takeover kills them)
 
 The rules about them (placement, refusals) live in ``kinds/vgpu.py`` and the takeover guards; the writer is
-``passthru.mdev``.
+``passthru.kinds.vgpu``.
 """
 
 from __future__ import annotations

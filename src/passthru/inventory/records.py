@@ -41,7 +41,7 @@ def records_from(inv: Inventory) -> list[DeviceRecord]:
                 continue
             out.append(DeviceRecord(identity=f"serial:{s.device}", bus="serial", kind="serial", name=s.name))
     # mediated devices on every parent bus (a GPU's vGPUs, and virtual parents such as mtty)
-    from ..kinds.vgpu import MDEV, scan_parents
+    from ..host.mdev import MDEV, scan_parents
 
     for p in scan_parents(inv.root):
         if p.mode != MDEV:

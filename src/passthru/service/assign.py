@@ -416,7 +416,7 @@ def finish_release(s: Session, store: Store, doc: dict, *, kernel: object | None
     """The steps of a release (its journal record ``doc``), each idempotent so that reconcile can run them again
     after a kill: a kind's settings put back, the holding released, PCI devices back to their drivers (with
     ``restore``), vGPUs made for the VM removed."""
-    from ..mdev import release_created  # kinds/vgpu: vGPUs made for this VM (`vgpu create --vm`) go with it
+    from ..kinds.vgpu import release_created  # kinds/vgpu: vGPUs made for this VM (`vgpu create --vm`) go with it
 
     vm, idents = str(doc["vm"]), [str(i) for i in doc.get("devices") or []]
     active = {a.device for a in store.assignments(vm)}

@@ -21,7 +21,7 @@ def plan_release(s: Session, vm: str, texts: list[str] | None = None, *, restore
     """release --dry-run: the same refusals, then what :func:`release` would do - the holdings released, the VF
     settings put back, (``restore``) the PCI devices given back to their drivers, the vGPUs made for the VM removed.
     Reads only (the inventory in a rolled-back rehearsal, so not even a migration is kept)."""
-    from ..mdev import MdevStore
+    from ..kinds.vgpu import MdevStore
 
     store = open_store(s, dry_run=True)
     with store.rehearsal():

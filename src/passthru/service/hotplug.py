@@ -142,7 +142,7 @@ def detach(s: Session, vm: str, texts: list[str], socket: str, *, keep: bool = F
         store.audit("detach", None, vm, {"ids": res.get("ids"), "kept": keep})
         out.append(res)
     if not keep:
-        from ..mdev import release_created  # kinds/vgpu: vGPUs made for this VM go with it
+        from ..kinds.vgpu import release_created  # kinds/vgpu: vGPUs made for this VM go with it
 
         release_created(s.host, s.paths, vm, idents)
     return out

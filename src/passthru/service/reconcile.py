@@ -26,7 +26,7 @@ from ..errors import PassthruError
 from ..host.iommu import is_vfio_driver
 from .assign import _hook_path, _undo_kind, finish_release, open_store, undo_assign
 from ..journal import journal_for
-from ..mdev import MdevStore, release_created
+from ..kinds.vgpu import MdevStore, release_created
 from ..statefs import read_record
 
 __all__ = ["reconcile"]

@@ -1,4 +1,4 @@
-"""The vGPU kind: mediated devices (mdev) and NVIDIA SR-IOV vGPU virtual functions - choosing where one goes.
+"""Choosing where a vGPU goes: parents by name, types by id or name, capacity and placement (pack or spread).
 
 What the kernel shows (parents, types, instances, the vGPUs one PCI function hosts) is read in ``host/mdev.py`` and
 re-exported here. A GPU hosting live vGPUs is never taken whole: ``host/usage.py`` reports it (use ``vgpus``) and the
@@ -8,23 +8,16 @@ takeover guards (``vfio/plan.py``) refuse it, for ``bind`` and ``assign`` alike.
     p = find_parent(parents, "mtty")                # by name; a VF address finds its PF
     cands = candidates(parents, "mtty-2")           # (parent, type) offering it, with capacity or not
     pick(cands, "spread")                           # placement among those with capacity
-
-The writer is ``passthru.mdev``; this module only reads. :data:`VGPU` is the registered :class:`DeviceKind`: its
-``after_release`` removes what ``passthru vgpu create --vm`` made for that VM (``passthru.mdev.release_created``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..errors import NotFoundError, UsageError
-from ..host.mdev import MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, hosted_vgpus, nvidia_types, scan_parents
-from ..host.pci import normalize_address
-from .base import DeviceKind, register
+from ...errors import NotFoundError, UsageError
+from ...host.mdev import MDEV, SRIOV, UUID_RE, Instance, Parent, VgpuType, hosted_vgpus, nvidia_types, scan_parents
+from ...host.pci import normalize_address
 
 __all__ = ["VgpuType", "Instance", "Parent", "scan_parents", "find_parent", "candidates", "capacity", "pick",
-           "match_type", "unknown_type", "nvidia_types", "hosted_vgpus", "UUID_RE", "MDEV", "SRIOV", "PLACEMENTS",
-           "VgpuKind", "VGPU"]
+           "match_type", "unknown_type", "nvidia_types", "hosted_vgpus", "UUID_RE", "MDEV", "SRIOV", "PLACEMENTS"]
 
 PLACEMENTS = ("pack", "spread")
 
@@ -102,56 +95,3 @@ def unknown_type(parents: list[Parent], text: str, parent: Parent | None = None)
     where = f"on {parent.name}" if parent else "on any parent"
     return UsageError(f"unknown vGPU type {text!r} {where}; types: {shown or 'none'} (`passthru vgpu types"
                       f"{' ' + parent.name if parent else ''}` lists them)")
-
-
-# -- the kind -----------------------------------------------------------------------------------------------------
-class VgpuKind(DeviceKind):
-    """vGPU instances: mdevs go to VMs as ``vfio-pci,sysfsdev=`` / ``<hostdev type='mdev'>``; NVIDIA SR-IOV VFs as
-    PCI devices once their type is set."""
-
-    name = "vgpu"
-    hotpluggable = True
-
-    def __init__(self, kernel: Any = None) -> None:
-        self.kernel = kernel  # the write boundary (passthru.mdev.MdevKernel); tests give a fake
-
-    def checks(self, h: Any, device: Any) -> list[Any]:
-        """A GPU that offers vGPU types but has no capacity left, and an NVIDIA vGPU VF with no type set."""
-        from ..findings import PASS, WARN, Finding
-
-        fn = getattr(device, "fact", device)
-        addr = getattr(fn, "address", None)
-        out: list[Any] = []
-        if addr is None:
-            return out
-        if getattr(fn, "mdev_types", ()):
-            free = sum(t.available_instances or 0 for t in fn.mdev_types)
-            out.append(Finding("vgpu.capacity", "vGPU capacity", PASS if free else WARN,
-                               f"{addr}: {len(fn.mdevs)} mdev instance(s), {free} more creatable across "
-                               f"{len(fn.mdev_types)} types",
-                               None if free else "remove unused instances: `passthru vgpu list`, "
-                                                 "`passthru vgpu remove UUID`", addr))
-        if getattr(fn, "nvidia_creatable_vgpu_types", None) is not None and fn.nvidia_current_vgpu_type in (None, "0"):
-            out.append(Finding("vgpu.type", "vGPU type of an NVIDIA VF", WARN, f"{addr}: no vGPU type set",
-                               f"passthru vgpu create {addr} TYPE (`passthru vgpu types` lists them)", addr))
-        return out
-
-    def before_assign(self, h: Any, paths: Any, vm: str, identity: str, options: dict) -> dict | None:
-        """With ``options`` {"type": T[, "parent": P, "placement": "pack"|"spread"]}: make a vGPU for ``vm`` now (the
-        caller claims ``identity``; ``passthru vgpu create --vm`` does both) and return {"identity", "created"}."""
-        if not options.get("type"):
-            return None
-        from ..mdev import create
-
-        res = create(h, paths, options.get("parent"), options["type"], placement=options.get("placement", "pack"),
-                     vm=vm, claim=False, kernel=self.kernel)
-        return {"identity": res.identity, "created": res.id}
-
-    def after_release(self, h: Any, paths: Any, vm: str, identity: str, prior: dict | None) -> None:
-        """Remove the mdev (or reset the VF's vGPU type) if passthru made it for ``vm``; anything else stays."""
-        from ..mdev import release_created
-
-        release_created(h, paths, vm, [identity], kernel=self.kernel)
-
-
-VGPU = register(VgpuKind())

@@ -1,13 +1,7 @@
 """vGPU instances: create and remove mediated devices, set NVIDIA SR-IOV vGPU types, persist definitions for boot.
 
-The only code in passthru that writes the mdev bus and ``nvidia/current_vgpu_type``. One write per verb, as the
-kernel's ABI defines them (Documentation/driver-api/vfio-mediated-device.rst):
-
-    create(parent, type, uuid)   /sys/class/mdev_bus/<parent>/mdev_supported_types/<type>/create   (<uuid>)
-    remove(uuid)                 /sys/bus/mdev/devices/<uuid>/remove                              (1)
-    set_vgpu_type(vf, type)      /sys/bus/pci/devices/<vf>/nvidia/current_vgpu_type               (<id>, 0 = none)
-
-each followed by a bounded wait for the result (``/sys/bus/mdev/devices/<uuid>`` there or gone; the type read back).
+The writes go through :class:`~passthru.writers.mdev.MdevKernel` (one write per verb, bounded waits); this module
+decides what to write, refuses what must not be, keeps the records and undoes a failed step.
 
 Records, like the takeover's (journal first, atomic files, one audit log):
 
@@ -22,103 +16,40 @@ Records, like the takeover's (journal first, atomic files, one audit log):
 mdevctl's definitions (``/etc/mdevctl.d``) are read, never written: a UUID mdevctl defines has one owner, mdevctl.
 ``create --persist`` refuses to contradict one and does not duplicate one that agrees; ``start_persisted`` leaves
 it to mdevctl's udev rule; ``remove`` removes the live instance and says that mdevctl's definition stays
-(``mdev_state.py``).
+(``records.py``).
 
     create(h, paths, "mtty", "mtty-2", persist=True)        # -> VgpuResult(id=<uuid>, status="created")
     create(h, paths, None, "GRID T4-1Q", placement="spread")
     remove(h, paths, uuid)                                   # and its definition (keep_definition=True keeps it)
     start_persisted(h, paths)                                # at boot
     release_created(h, paths, "vm1", ["mdev:<uuid>"])        # the release hook: only what was made for vm1
+
+Making a vGPU for a VM *and* assigning it (``vgpu create --vm``) is a service operation (``service/vgpu.py``): it
+passes ``claim``, which this module calls inside the same journal entry and undoes the vGPU when it fails.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
-from .config import Paths
-from .errors import HostError, NotFoundError, PassthruError, UsageError
-from .host.pci import normalize_address
-from .failpoints import hit
-from .journal import journal_for
-from .names import check_vm
-from .host.root import HostRoot
-from .kinds.vgpu import (MDEV, SRIOV, UUID_RE, Parent, VgpuType, candidates, capacity, find_parent, match_type, pick,
-                         scan_parents, unknown_type)
-from .mdev_state import (CREATED, CREATING, REMOVING, MdevStore, Record, instances, list_vgpus, mdevctl_conflict,
-                         mdevctl_owned, type_name)
-from .vfio.kernel import Kernel
+from ...config import Paths
+from ...errors import HostError, NotFoundError, PassthruError, UsageError
+from ...failpoints import hit
+from ...host.pci import normalize_address
+from ...host.root import HostRoot
+from ...journal import journal_for
+from ...names import check_vm
+from ...vfio.kernel import Kernel
+from ...writers.mdev import MdevKernel, mdev_kernel
+from .placement import (MDEV, SRIOV, UUID_RE, Parent, VgpuType, candidates, capacity, find_parent, match_type, pick,
+                        scan_parents, unknown_type)
+from .records import (CREATED, CREATING, REMOVING, MdevStore, Record, instances, list_vgpus, mdevctl_conflict,
+                      mdevctl_owned, type_name)
 
-__all__ = ["MdevKernel", "Record", "MdevStore", "VgpuResult", "VgpuOutcome", "create", "remove", "start_persisted",
-           "release_created", "list_vgpus", "types_doc", "parse_id", "CREATING", "CREATED", "REMOVING"]
-
-_HINTS = {
-    errno.EEXIST: "a mediated device with this UUID already exists",
-    errno.EUSERS: "no instance of this type is left on the parent",
-    errno.ENOSPC: "no instance of this type is left on the parent",
-    errno.EDQUOT: "no instance of this type is left on the parent",
-    errno.EBUSY: "in use (a VM has it open)",
-    errno.EINVAL: "the kernel rejected the value",
-    errno.EPERM: "permission denied (run as root)",
-    errno.EACCES: "permission denied (run as root)",
-    errno.ENODEV: "the parent or device is gone",
-    errno.ENOENT: "the parent or device is gone",
-}
-
-
-# -- the kernel boundary ------------------------------------------------------------------------------------------
-class MdevKernel(Kernel):
-    """mdev and NVIDIA vGPU-type writes on one host root. Tests substitute a subclass whose :meth:`write` simulates
-    the mdev core on a fixture tree; the lab runs this class on a real kernel (mtty)."""
-
-    def require_live(self) -> None:
-        if not self.h.is_live:
-            raise UsageError(f"{self.h.base} is not this machine's root: creating or removing vGPUs needs the live "
-                             "host (drop --root / PASSTHRU_ROOT; --dry-run works on any root)")
-
-    def sysfsdev(self, uuid: str) -> str:
-        return f"{self.h.sys}/bus/mdev/devices/{uuid}"
-
-    def mdev_present(self, uuid: str) -> bool:
-        return self.h.exists(self.sysfsdev(uuid))
-
-    def vgpu_type(self, vf: str) -> str | None:
-        text = self.h.read(f"{self.h.sys}/bus/pci/devices/{vf}/nvidia/current_vgpu_type")
-        return text.split()[0] if text else None
-
-    def _mwrite(self, path: str, data: str, what: str) -> None:
-        try:
-            self.write(path, data)
-        except OSError as e:
-            hint = _HINTS.get(e.errno or 0, e.strerror or str(e))
-            raise HostError(f"{what}: {hint} ({os.strerror(e.errno) if e.errno else e})") from None
-
-    def create(self, parent: str, type_id: str, uuid: str) -> None:
-        self._mwrite(f"{self.h.sys}/class/mdev_bus/{parent}/mdev_supported_types/{type_id}/create", uuid,
-                     f"{uuid}: creating {type_id} on {parent}")
-
-    def remove(self, uuid: str) -> None:
-        if self.mdev_present(uuid):
-            self._mwrite(self.sysfsdev(uuid) + "/remove", "1", f"{uuid}: removing")
-
-    def set_vgpu_type(self, vf: str, type_id: str) -> None:
-        if self.vgpu_type(vf) != type_id:
-            self._mwrite(f"{self.h.sys}/bus/pci/devices/{vf}/nvidia/current_vgpu_type", type_id,
-                         f"{vf}: setting current_vgpu_type to {type_id}")
-
-    def wait_present(self, uuid: str, present: bool) -> None:
-        self.wait_for(lambda: self.mdev_present(uuid) == present,
-                      f"{uuid}: waiting for /sys/bus/mdev/devices/{uuid} to {'appear' if present else 'go'}")
-
-    def wait_type(self, vf: str, type_id: str) -> None:
-        self.wait_for(lambda: self.vgpu_type(vf) == type_id, f"{vf}: waiting for current_vgpu_type {type_id}")
-
-
-def mdev_kernel(h: HostRoot, kernel: Kernel | None = None) -> MdevKernel:
-    """``kernel`` when it can write mdevs (a test double), else the real boundary for ``h``."""
-    return kernel if isinstance(kernel, MdevKernel) else MdevKernel(h)
+__all__ = ["VgpuResult", "VgpuOutcome", "Claim", "create", "remove", "start_persisted", "release_created",
+           "types_doc", "parse_id"]
 
 
 # -- results ------------------------------------------------------------------------------------------------------
@@ -156,6 +87,10 @@ class VgpuOutcome:
                 "vgpus": [i.to_json() for i in self.items]}
 
 
+Claim = Callable[["VgpuResult", MdevKernel], None]
+"""What ``create(vm=...)`` hands the new vGPU to (the service's assign); it raises to refuse it."""
+
+
 # -- helpers ------------------------------------------------------------------------------------------------------
 def parse_id(text: str) -> tuple[str, str]:
     """(mode, id) for a vGPU named by its mdev UUID or its VF's PCI address; UsageError otherwise."""
@@ -167,21 +102,6 @@ def parse_id(text: str) -> tuple[str, str]:
     except ValueError:
         raise UsageError(f"{text!r} is not a UUID (like 4b20d080-1b54-4048-85b3-a6a62d165c01) nor the PCI address "
                          "of an NVIDIA vGPU VF") from None
-
-
-def _holder(paths: Paths, identity: str) -> str | None:
-    """The VM the inventory says holds ``identity`` (None without an inventory database)."""
-    from .inventory.store import DB_ENV
-
-    if not os.environ.get(DB_ENV) and not os.path.exists(os.path.join(paths.state_dir, "passthru.db")):
-        return None
-    from .inventory.store import Store
-
-    store = Store(paths=paths)
-    try:
-        return next((a.vm for a in store.assignments() if a.device == identity), None)
-    finally:
-        store.close()
 
 
 def _settle(k: MdevKernel, store: MdevStore) -> None:
@@ -212,12 +132,12 @@ def _plan(parents: list[Parent], parent: str | None, type_text: str, placement: 
 
 
 def create(h: HostRoot, paths: Paths, parent: str | None, type_text: str, *, uuid: str | None = None,
-           persist: bool = False, placement: str = "pack", vm: str | None = None, claim: bool = True,
+           persist: bool = False, placement: str = "pack", vm: str | None = None, claim: Claim | None = None,
            dry_run: bool = False, kernel: Kernel | None = None) -> VgpuResult:
     """Make one vGPU of ``type_text`` on ``parent`` (or where ``placement`` puts it). Refusals (UsageError /
     NotFoundError, exit 2) come before any write; a kernel failure is a HostError after undoing what was done.
-    With ``vm`` it is made for that VM: assigned to it now (unless ``claim`` is False: the caller claims it) and
-    removed when the VM releases it (:func:`release_created`)."""
+    With ``vm`` it is made for that VM: handed to ``claim`` (the service's assign; without it the caller claims it)
+    and removed when the VM releases it (:func:`release_created`)."""
     if placement not in ("pack", "spread"):
         raise UsageError(f"--placement {placement!r}: pack or spread")
     if vm is not None:
@@ -278,11 +198,11 @@ def create(h: HostRoot, paths: Paths, parent: str | None, type_text: str, *, uui
                 if store.define(ident, p.mode, p.name, t.id):
                     store.audit("vgpu-persist", res.identity, None, t.id, parent=p.name)
         hit("vgpu.created")
-        if vm is not None and claim:
-            _assign(h, paths, res, k)
+        if vm is not None and claim is not None:
+            _claim(paths, res, k, claim)
     except (Exception, KeyboardInterrupt):
         if op is not None:
-            op.done()  # create and _assign undo their own part on a failure
+            op.done()  # create and _claim undo their own part on a failure
         raise
     except BaseException:
         if op is not None:
@@ -323,14 +243,10 @@ def _undo(k: MdevKernel, store: MdevStore, res: VgpuResult, prior: str | None) -
     store.drop(res.id)
 
 
-def _assign(h: HostRoot, paths: Paths, res: VgpuResult, k: MdevKernel) -> None:
-    """Claim the new vGPU for its VM; when the claim fails, the vGPU goes again (all or nothing)."""
-    from .service.session import Session
-    from .service.assign import assign
-
-    s = Session(h.base, paths.config_dir, paths.state_dir)
+def _claim(paths: Paths, res: VgpuResult, k: MdevKernel, claim: Claim) -> None:
+    """Hand the new vGPU to ``claim``; when it refuses, the vGPU goes again (all or nothing)."""
     try:
-        assign(s, res.vm or "", [res.identity[4:] if res.mode == SRIOV else res.identity], kernel=k)
+        claim(res, k)
     except BaseException:
         store = MdevStore(paths)
         try:
@@ -370,9 +286,10 @@ def _remove_locked(k: MdevKernel, store: MdevStore, ident: str) -> Record | None
 
 
 def remove(h: HostRoot, paths: Paths, text: str, *, keep_definition: bool = False, dry_run: bool = False,
-           kernel: Kernel | None = None) -> VgpuResult:
+           kernel: Kernel | None = None, holder: Callable[[str], str | None] | None = None) -> VgpuResult:
     """Remove a vGPU (an mdev, or an SR-IOV VF's type: back to the one it had) and, unless ``keep_definition``,
-    its persisted definition. Refused while the inventory says a VM holds it."""
+    its persisted definition. Refused while ``holder`` (the inventory's answer, from the service) names the VM that
+    holds its identity."""
     mode, ident = parse_id(text)
     parents = scan_parents(h)
     inst = instances(parents).get(ident)
@@ -385,7 +302,7 @@ def remove(h: HostRoot, paths: Paths, text: str, *, keep_definition: bool = Fals
                              f"remove mdevctl's definitions: `mdevctl undefine --uuid {ident}`")
         raise NotFoundError(f"no vGPU {ident} on this host (neither live nor defined; `passthru vgpu list`)")
     identity = f"mdev:{ident}" if mode == MDEV else f"pci:{ident}"
-    vm = _holder(paths, identity)
+    vm = holder(identity) if holder is not None else None
     if vm is not None:
         raise UsageError(f"{ident} is assigned to VM {vm!r}: `passthru release {vm} {identity}` first")
     parent = inst.parent if inst else (defn or {}).get("parent", "?")

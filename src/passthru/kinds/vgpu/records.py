@@ -1,5 +1,5 @@
 """What passthru knows about vGPUs besides the kernel: records of what it made, its persisted definitions, mdevctl's
-definitions, and the listing that merges them with the live instances. The writers are in ``passthru.mdev``.
+definitions, and the listing that merges them with the live instances. The procedures are in ``instances.py``.
 
 - ``<state>/mdev/<id>.json``: a vGPU passthru made (:class:`Record`; phase ``creating`` / ``created`` / ``removing``,
   the VM it was made for, an SR-IOV VF's prior type), written before each write.
@@ -17,12 +17,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 
-from .config import Paths
-from .errors import ConfigError, UsageError
-from .host.mdev import MDEV, UUID_RE, Instance, Parent, scan_parents
-from .host.mdevctl import MdevctlDef, find_definition, read_definitions
-from .host.root import HostRoot
-from .statefs import (FileLock, append_line, caller, ensure_dir, fsync_dir, list_names, read_record, write_atomic,
+from ...config import Paths
+from ...errors import ConfigError, UsageError
+from ...host.mdev import MDEV, UUID_RE, Instance, Parent, scan_parents
+from ...host.mdevctl import MdevctlDef, find_definition, read_definitions
+from ...host.root import HostRoot
+from ...statefs import (FileLock, append_line, caller, ensure_dir, fsync_dir, list_names, read_record, write_atomic,
                       write_if_changed)
 
 __all__ = ["Record", "MdevStore", "CREATING", "CREATED", "REMOVING", "list_vgpus", "mdevctl_conflict", "mdevctl_owned",
