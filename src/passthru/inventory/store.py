@@ -414,3 +414,8 @@ class Store:
         q = select(audit).order_by(audit.c.id.desc()).limit(max(0, int(limit)))
         return self._read(lambda c: [dict(r) for r in c.execute(q).mappings()])
 
+    def audit_details(self, action: str, device: str, vm: str, since: str) -> list[dict]:
+        """The ``detail`` of each ``action`` entry about ``device`` and ``vm`` at or after ``since``, oldest first."""
+        q = (select(audit.c.detail).where(audit.c.action == action, audit.c.device == device, audit.c.vm == vm,
+                                          audit.c.time >= since).order_by(audit.c.id))
+        return self._read(lambda c: [r.detail or {} for r in c.execute(q).all()])

@@ -19,6 +19,8 @@ This kind adds:
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..discovery import Device, Inventory
 from ..errors import UsageError
 from ..host.root import HostRoot
@@ -26,55 +28,42 @@ from ..host.serial import scan_serial
 from ..host.usb import UsbDevice, scan_usb
 from .base import DeviceKind, register
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from ..inventory.store import Assignment, Store
-
-__all__ = ["UsbKind", "REPLACED", "record_replaced", "replaced_since", "check_assign"]
+__all__ = ["UsbKind", "REPLACED", "replaced_audits", "replaced_change", "check_assign"]
 
 REPLACED = "usb.replaced"  # audit action: the device in a held USB port changed
 
 
-def record_replaced(store: "Store", replaced: list[dict]) -> None:
-    """Audit each held USB port whose device changed (``Store.sync_devices()['replaced']``): the sync reports it
-    once, the refusal must last until the VM lets go of the port."""
-    for r in replaced:
-        if r["identity"].startswith("usb:") and r.get("held_by"):
-            store.audit(REPLACED, r["identity"], r["held_by"], {"old": r["old"], "new": r["new"]})
+def replaced_audits(replaced: list[dict]) -> list[tuple[str, str, str, dict]]:
+    """The audit entries (action, identity, VM, detail) for each held USB port whose device changed
+    (``Store.sync_devices()['replaced']``): the sync reports it once, the refusal must last until the VM lets go of
+    the port, so the service records these."""
+    return [(REPLACED, r["identity"], r["held_by"], {"old": r["old"], "new": r["new"]})
+            for r in replaced if r["identity"].startswith("usb:") and r.get("held_by")]
 
 
-def replaced_since(store: "Store", vm: str, identity: str, since: str) -> tuple[str, str] | None:
-    """(ids the VM was given, ids in the port now) when the device in a port ``vm`` holds since ``since`` changed
-    and has not come back; None otherwise."""
-    from sqlalchemy import select
-
-    from ..inventory.engine import reading
-    from ..inventory.schema import audit
-
-    q = (select(audit.c.detail).where(audit.c.action == REPLACED, audit.c.device == identity, audit.c.vm == vm,
-                                      audit.c.time >= since).order_by(audit.c.id))
-    rows = [r.detail or {} for r in reading(store.engine, lambda c: c.execute(q).all())]
-    if not rows:
+def replaced_change(details: list[dict]) -> tuple[str, str] | None:
+    """(ids the VM was given, ids in the port now) from the ``usb.replaced`` entries of one held port since the VM
+    got it (oldest first); None when there are none or the original device came back."""
+    if not details:
         return None
-    first, last = rows[0].get("old"), rows[-1].get("new")
+    first, last = details[0].get("old"), details[-1].get("new")
     return None if first == last else (str(first), str(last))
 
 
-def check_assign(store: "Store", inv: Inventory, holders: dict[str, str | None], mine: dict[str, "Assignment"],
+def check_assign(inv: Inventory, holders: dict[str, str | None], changed: Callable[[str], tuple[str, str] | None],
                  vm: str, idents: list[str]) -> None:
-    """Refuse (UsageError, exit 2) USB identities in ``idents`` whose device changed since ``vm`` was given them,
-    and USB serial adapters whose tty is held. ``holders``: identity -> holder VM; ``mine``: ``vm``'s holdings."""
+    """Refuse (UsageError, exit 2) USB identities in ``idents`` whose device changed since ``vm`` was given them
+    (``changed(identity)``: the inventory's answer, see :func:`replaced_change`; None for a port ``vm`` does not
+    hold), and USB serial adapters whose tty is held. ``holders``: identity -> holder VM."""
     for ident in idents:
         if not ident.startswith("usb:"):
             continue
-        held = mine.get(ident)
-        if held is not None:
-            change = replaced_since(store, vm, ident, held.created)
-            if change:
-                raise UsageError(
-                    f"{ident}: the device in this port changed since VM {vm!r} was given it ({change[0]} -> "
-                    f"{change[1]}): release it (`passthru release {vm} {ident}`) and assign the port again if the VM "
-                    "should have the new device, or plug the original back in")
+        change = changed(ident)
+        if change:
+            raise UsageError(
+                f"{ident}: the device in this port changed since VM {vm!r} was given it ({change[0]} -> "
+                f"{change[1]}): release it (`passthru release {vm} {ident}`) and assign the port again if the VM "
+                "should have the new device, or plug the original back in")
         port = ident[4:]
         for p in inv.serial:
             tty = f"serial:{p.device}"

@@ -13,23 +13,29 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from .session import Session
 from ..config import BUILTIN_KINDS
 from ..discovery import Inventory
 from ..errors import NotFoundError, PassthruError, UsageError
 from ..failpoints import hit
 from ..host.iommu import is_vfio_driver
-from ..journal import journal_for
-from ..names import check_uuid, check_vm
+from ..host.usage import host_uses
 from ..inventory.records import records_from
 from ..inventory.spec import Spec, parse_spec
+from ..inventory.store import Assignment, ClaimError, Store
+from ..journal import journal_for
+from ..kinds import kind_for
+from ..kinds import serial as serial_kind
+from ..kinds import usb as usb_kind
+from ..kinds.vgpu import release_created  # vGPUs made for a VM (`vgpu create --vm`) go when it releases them
+from ..names import check_uuid, check_vm
 from ..vfio import Store as Holdings
 from ..vfio import bind as vfio_bind
 from ..vfio import restore as vfio_restore
+from ..vfio.plan import check_whole, plan_bind
 from .kind_state import configure_vfs as _configure_vfs
 from .kind_state import hook_path as _hook_path  # reconcile and the dry runs import these from here
 from .kind_state import undo_kind as _undo_kind
-from ..inventory.store import Assignment, ClaimError, Store
+from .session import Session
 
 __all__ = ["AssignResult", "open_store", "sync", "assign", "release", "pci_addresses", "undo_assign", "finish_release"]
 
@@ -74,9 +80,8 @@ def sync(s: Session, store: Store) -> Inventory:
     for name in have:
         store.remove_model(name, force=True)
     out = store.sync_devices(records_from(inv))
-    from ..kinds.usb import record_replaced  # kinds: a held USB port whose device changed is remembered
-
-    record_replaced(store, out["replaced"])
+    for action, identity, vm, detail in usb_kind.replaced_audits(out["replaced"]):
+        store.audit(action, identity, vm, detail)  # a held USB port whose device changed is remembered
     return inv
 
 
@@ -87,12 +92,15 @@ def _kind_refusals(s: Session, store: Store, inv: Inventory, vm: str, idents: li
     ways. Run before anything is claimed; UsageError (exit 2) names the process or the change."""
     if not any(i.startswith(("serial:", "usb:")) for i in idents):
         return
-    from ..kinds import serial as serial_kind
-    from ..kinds import usb as usb_kind
-
     holders = {d["identity"]: d["vm"] for d in store.devices()}
     mine = {a.device: a for a in store.assignments(vm)}
-    usb_kind.check_assign(store, inv, holders, mine, vm, idents)
+
+    def changed(ident: str) -> tuple[str, str] | None:
+        held = mine.get(ident)
+        return None if held is None else usb_kind.replaced_change(
+            store.audit_details(usb_kind.REPLACED, ident, vm, held.created))
+
+    usb_kind.check_assign(inv, holders, changed, vm, idents)
     serial_kind.check_assign(s.host, inv, holders, vm, idents,
                              states={i: a.state for i, a in mine.items()} if attach else None)
 
@@ -183,8 +191,6 @@ def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], n
 
 def _host_uses(inv: Inventory, address: str) -> str | None:
     """What the host uses a device or its group mates for (the first use, one line), or None."""
-    from ..host.usage import host_uses
-
     addrs = [address] + [f.address for f in inv.group_mates(address) if not f.is_bridge]
     uses = [u for us in host_uses(inv.root, addrs).values() for u in us]
     return None if not uses else uses[0].detail if uses[0].address == address else \
@@ -262,8 +268,6 @@ def _prepare(s: Session, store: Store, vm: str, specs: list[Spec], bind: bool,
     PCI devices named (what `bind` would refuse: a mounted disk, the boot VGA, a GPU hosting live vGPUs...; with
     --no-bind only live vGPUs, which forbid handing the device over whole, whoever binds it). Also the
     identities of the groups the VM manager binds itself (``keep_driver``, _kept_groups)."""
-    from ..vfio.plan import check_whole, plan_bind
-
     inv = sync(s, store)
     direct: list[str] = []
     for spec in specs:
@@ -286,8 +290,6 @@ def _kept_groups(s: Session, inv: Inventory, named: set[str], keep: Collection[s
     """The identities of the groups of ``keep`` (addresses the VM manager binds itself), after the takeover's
     guards (the boot VGA, a NIC with an address, a mounted disk, live vGPUs...) said yes: RefusedError otherwise. A
     group with one device kept and another named to be bound here is refused: one side would undo the other."""
-    from ..vfio.plan import plan_bind
-
     kept: set[str] = set()
     for a in keep:
         group = _group_identities(inv, a)
@@ -343,8 +345,6 @@ def undo_assign(s: Session, store: Store, doc: dict, *, kernel: object | None = 
     """Put back what the assign operation ``doc`` (its journal record) did: VF settings, the PCI devices it moved
     to vfio-pci, its pending claims. Used by assign itself on failure and by reconcile for one that died. Each
     step is idempotent; errors are collected, not raised (the caller reports them)."""
-    from ..kinds import kind_for
-
     vm = str(doc.get("vm"))
     report: dict = {"op": doc.get("id"), "vm": vm, "released": [], "restored": [], "vfs": [], "errors": []}
     for ident in doc.get("vfs") or []:
@@ -416,8 +416,6 @@ def finish_release(s: Session, store: Store, doc: dict, *, kernel: object | None
     """The steps of a release (its journal record ``doc``), each idempotent so that reconcile can run them again
     after a kill: a kind's settings put back, the holding released, PCI devices back to their drivers (with
     ``restore``), vGPUs made for the VM removed."""
-    from ..kinds.vgpu import release_created  # kinds/vgpu: vGPUs made for this VM (`vgpu create --vm`) go with it
-
     vm, idents = str(doc["vm"]), [str(i) for i in doc.get("devices") or []]
     active = {a.device for a in store.assignments(vm)}
     out: list[Assignment] = []

@@ -45,8 +45,8 @@ from ...vfio.kernel import Kernel
 from ...writers.mdev import MdevKernel, mdev_kernel
 from .placement import (MDEV, SRIOV, UUID_RE, Parent, VgpuType, candidates, capacity, find_parent, match_type, pick,
                         scan_parents, unknown_type)
-from .records import (CREATED, CREATING, REMOVING, MdevStore, Record, instances, list_vgpus, mdevctl_conflict,
-                      mdevctl_owned, type_name)
+from .records import (CREATED, CREATING, REMOVING, MdevStore, Record, instances, mdevctl_conflict, mdevctl_owned,
+                      type_name)
 
 __all__ = ["VgpuResult", "VgpuOutcome", "Claim", "create", "remove", "start_persisted", "release_created",
            "types_doc", "parse_id"]
