@@ -177,7 +177,7 @@ def assignments(
 def _attachments(c: _Ctx, vm: str, x_vga: list[str], romfile: list[str], rombar_off: list[str], serial_bus: str):
     from .host.pci import normalize_address
     from .service.hotplug import vm_attachments
-    from .vm.build import AttachOptions
+    from .service.attachments import AttachOptions
 
     def addr(t: str) -> str:
         try:

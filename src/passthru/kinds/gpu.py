@@ -23,75 +23,13 @@ Checks added per GPU device (read-only, from sysfs ``resource`` and the IOMMU gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..discovery import Device
+from ..host.bars import HOLE64_DEFAULT, LARGE_BAR, mmio64_window_for, read_bars, size_text
 from ..host.pci import PciFunction, read_function
 from ..host.root import HostRoot
 from .base import DeviceKind, register
 
-__all__ = ["GpuKind", "Bar", "read_bars", "LARGE_BAR", "IORESOURCE_UNSET"]
-
-IORESOURCE_MEM = 0x00000200
-IORESOURCE_PREFETCH = 0x00002000
-IORESOURCE_MEM_64 = 0x00100000
-IORESOURCE_UNSET = 0x20000000
-# A naturally aligned BAR of 2 GiB or more cannot be placed below 4 GiB next to RAM, the APIC and the flash: it needs
-# the firmware's "Above 4G Decoding" (and, for a resized BAR, "Resizable BAR" support)
-LARGE_BAR = 2 << 30
-_4G = 1 << 32
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    index: int
-    start: int
-    size: int
-    flags: int
-
-    @property
-    def is_mem(self) -> bool:
-        return bool(self.flags & IORESOURCE_MEM)
-
-    @property
-    def is_64(self) -> bool:
-        return bool(self.flags & IORESOURCE_MEM_64)
-
-    @property
-    def unassigned(self) -> bool:
-        return self.start == 0 or bool(self.flags & IORESOURCE_UNSET)
-
-    def label(self) -> str:
-        kind = ("64-bit " if self.is_64 else "32-bit ") + ("prefetchable" if self.flags & IORESOURCE_PREFETCH
-                                                            else "non-prefetchable")
-        return f"BAR{self.index} ({size_text(self.size)}, {kind})"
-
-
-def size_text(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            v = n / (1 << shift)
-            return f"{v:g} {unit}" if v < 10 or v == int(v) else f"{v:.1f} {unit}"
-    return f"{n} B"
-
-
-def read_bars(h: HostRoot, address: str) -> tuple[list[Bar], Bar | None]:
-    """The memory BARs (lines 0-5 of ``resource``) and the expansion ROM (line 6), sizes > 0 only."""
-    text = h.read(f"{h.sys}/bus/pci/devices/{address}/resource") or ""
-    bars, rom = [], None
-    for i, line in enumerate(text.splitlines()[:7]):
-        try:
-            start, end, flags = (int(x, 16) for x in line.split()[:3])
-        except ValueError:
-            continue
-        if end <= start:  # an empty line (0 0 0); an unassigned BAR keeps its size: start 0, end size-1
-            continue
-        b = Bar(i, start, end - start + 1, flags)
-        if i == 6:
-            rom = b
-        elif b.is_mem:
-            bars.append(b)
-    return bars, rom
+__all__ = ["GpuKind"]
 
 
 def _finding(*a: object, **kw: object):
@@ -102,8 +40,6 @@ def _finding(*a: object, **kw: object):
 
 def _large_bar(h: HostRoot, dev: Device) -> object:
     from ..findings import FAIL, PASS, WARN
-    from ..vm.attachment import Attachment
-    from ..vm.qemu import HOLE64_DEFAULT, mmio64_window
 
     title = "Large BARs"
     bars, _ = read_bars(h, dev.id)
@@ -118,12 +54,12 @@ def _large_bar(h: HostRoot, dev: Device) -> object:
                         "Support\" where the card uses a large BAR) and reboot; booting with pci=realloc lets the "
                         "kernel try to place it instead", device=dev.id)
     big = max(bars, key=lambda b: b.size)
-    where = f"at {big.start:#x}" + (" (above 4 GiB)" if big.start >= _4G else "")
+    where = f"at {big.start:#x}" + (" (above 4 GiB)" if big.start >= 1 << 32 else "")
     if not big.is_64 or big.size < LARGE_BAR:
         return _finding("gpu.large_bar", title, PASS,
                         f"{dev.id}: largest BAR: {big.label()} {where}; no firmware setting or VM MMIO window needed",
                         device=dev.id)
-    window = mmio64_window([Attachment("pci", "gpu", "gpu", functions=(dev.id,), largest_bar=big.size)], "q35")
+    window = mmio64_window_for([big.size], "q35")
     ev = (f"{dev.id}: {big.label()} mapped {where}: the firmware's above-4G decoding is on (a BAR of "
           f"{size_text(LARGE_BAR)} or more cannot sit below 4 GiB)")
     if window is None:

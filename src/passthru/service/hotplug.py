@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import os
 
-from .session import Session
 from ..errors import NotFoundError, PassthruError, UsageError
 from ..host.iommu import is_vfio_driver
-from ..names import check_vm
-from .assign import _held, _kind_refusals, _undo_kind, assign, open_store, sync
 from ..inventory.store import Store
+from ..kinds.vgpu import release_created  # vGPUs made for this VM (`vgpu create --vm`) go with it
+from ..names import check_vm
+from ..vm.qmp import attach as qmp_attach
+from ..vm.qmp import detach as qmp_detach
+from .assign import _held, _kind_refusals, _undo_kind, assign, open_store, sync
+from .attachments import attachments_for
+from .session import Session
 
 __all__ = ["attach", "detach", "vm_attachments", "check_qmp_socket"]
 
 
 def _attachments_of(s: Session, store: Store, idents: list[str], vm: str, opts: object = None) -> list:
-    from ..vm.build import attachments_for
-
     rows = [d for d in store.devices() if d["identity"] in set(idents)]
     takeover = {a.device: a.takeover for a in store.assignments(vm)}
     for d in rows:
@@ -80,8 +82,6 @@ def attach(s: Session, vm: str, texts: list[str], socket: str, *, port: str | No
            kernel: object | None = None) -> list[dict]:
     """Hot-plug into the running VM behind ``socket``: assign first what the VM does not hold yet, then one
     attachment at a time over QMP; each attached device's assignment becomes "attached"."""
-    from ..vm.qmp import attach as qmp_attach
-
     check_vm(vm)
     check_qmp_socket(socket)
     store = open_store(s)
@@ -122,8 +122,6 @@ def _undo_new(store: Store, vm: str, before: set[str]) -> None:
 
 def detach(s: Session, vm: str, texts: list[str], socket: str, *, keep: bool = False) -> list[dict]:
     """Hot-unplug from the running VM (waits for DEVICE_DELETED), then release (or, with ``keep``, keep reserved)."""
-    from ..vm.qmp import detach as qmp_detach
-
     check_vm(vm)
     check_qmp_socket(socket)
     store = open_store(s)
@@ -142,8 +140,6 @@ def detach(s: Session, vm: str, texts: list[str], socket: str, *, keep: bool = F
         store.audit("detach", None, vm, {"ids": res.get("ids"), "kept": keep})
         out.append(res)
     if not keep:
-        from ..kinds.vgpu import release_created  # kinds/vgpu: vGPUs made for this VM go with it
-
         release_created(s.host, s.paths, vm, idents)
     return out
 

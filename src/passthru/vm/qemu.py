@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from passthru.errors import UsageError
+from passthru.host.bars import HOLE64_DEFAULT, mmio64_window_for
 from passthru.vm.attachment import Attachment, chardev_props, check_rom, device_props, function_id
 
 __all__ = ["QemuArgs", "qemu_args", "machine_family", "prepare", "mmio64_window", "opt_string", "XHCI_ID",
@@ -41,8 +42,6 @@ PC_FIRST_SLOT = 0x10
 PC_LAST_SLOT = 0x1F
 MAX_ISA_SERIAL = 4  # QEMU: "Max. supported number of ISA serial ports is 4."
 MAX_FUNCTIONS = 8
-# QEMU 7.2 defaults (`-device q35-pcihost,help` / `i440FX-pcihost,help`): pci-hole64-size 32 GiB on q35, 2 GiB on pc
-HOLE64_DEFAULT = {"q35": 32 << 30, "pc": 2 << 30}
 HOST_BRIDGE = {"q35": "q35-pcihost", "pc": "i440FX-pcihost"}
 _QDEV_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
 
@@ -124,20 +123,10 @@ def prepare(attachments: Iterable[Attachment]) -> list[Attachment]:
     return out
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def mmio64_window(attachments: Iterable[Attachment], family: str) -> int | None:
-    """Bytes of 64-bit MMIO window to ask for when the large BARs may not fit the machine's default, else None.
-
-    A heuristic: BARs are naturally aligned, so the window is twice the power of two that holds all the large
-    BARs (each rounded up to a power of two). Needed only when that exceeds QEMU's default ``pci-hole64-size``."""
-    bars = [_pow2(a.largest_bar) for a in attachments if a.largest_bar]
-    if not bars:
-        return None
-    need = 2 * _pow2(sum(bars))
-    return need if need > HOLE64_DEFAULT[family] else None
+    """Bytes of 64-bit MMIO window the attachments' large BARs need on this machine family, else None
+    (:func:`passthru.host.bars.mmio64_window_for`)."""
+    return mmio64_window_for([a.largest_bar for a in attachments if a.largest_bar], family)
 
 
 def _gib(n: int) -> str:

@@ -1,4 +1,5 @@
 """A VM's assignments -> :class:`Attachment` objects (the neutral form vm/qemu.py, vm/libvirt.py and vm/qmp.py render).
+Built here, from the inventory's rows and the host's facts (``host/bars.py`` for BAR sizes), so vm/ reads no sysfs.
 
 PCI functions of one physical slot (a GPU and its HDMI audio) become one attachment, host function order kept, so
 the guest sees them as functions of one device. Options the operator gives per device: ``x_vga`` (for GPUs that are
@@ -12,14 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..host.bars import largest_bar
 from ..host.pci import parse_address
 from ..host.root import HostRoot
-from .attachment import Attachment, check_rom, qdev_id
+from ..vm.attachment import Attachment, check_rom, qdev_id
 
-__all__ = ["AttachOptions", "attachments_for", "largest_bar"]
+__all__ = ["AttachOptions", "attachments_for"]
 
-IORESOURCE_MEM = 0x00000200
-IORESOURCE_MEM_64 = 0x00100000
 NVIDIA = 0x10DE
 
 
@@ -29,22 +29,6 @@ class AttachOptions:
     romfile: dict[str, str] = field(default_factory=dict)  # address -> ROM file
     rombar_off: frozenset[str] = frozenset()
     serial_bus: str = "pci"  # "pci" | "isa"
-
-
-def largest_bar(h: HostRoot, address: str) -> int | None:
-    """Size in bytes of the function's largest 64-bit memory BAR, from sysfs ``resource`` (start end flags per
-    line; lines 0-5 are the BARs)."""
-    text = h.read(f"{h.sys}/bus/pci/devices/{address}/resource")
-    best = None
-    for line in (text or "").splitlines()[:6]:
-        try:
-            start, end, flags = (int(x, 16) for x in line.split()[:3])
-        except ValueError:
-            continue
-        if end > start and flags & IORESOURCE_MEM and flags & IORESOURCE_MEM_64:
-            size = end - start + 1
-            best = size if best is None or size > best else best
-    return best
 
 
 def _pci_attachments(h: HostRoot, addrs: list[str], kinds: dict[str, str], opts: AttachOptions) -> list[Attachment]:
