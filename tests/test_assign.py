@@ -148,7 +148,7 @@ def test_models_are_specs(host, capsys):
 
 
 def test_vf_settings_per_assignment_are_put_back_on_release(host):
-    """gpu_server's ConnectX-5 VF 3b:00.2 (VF 0 of enp59s0f0np0), through the netlink boundary of kinds/nic_vf.py
+    """gpu_server's ConnectX-5 VF 3b:00.2 (VF 0 of enp59s0f0np0), through the netlink boundary of writers/netlink.py
     (pyroute2's own request encoding, a fake kernel side) and the fake sysfs kernel."""
     from test_sriov import FakeIPRoute
 

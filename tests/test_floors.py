@@ -22,7 +22,7 @@ FLOORS: list[tuple[int, str]] = [
     # 0 facts and foundations: read-only host facts through HostRoot, errors, findings, names, state files, config
     (0, r"^host/|^(errors|findings|names|statefs|config|journal|failpoints|discovery|lookup|capture)\.py$"),
     # 1 writers: every write to the kernel or a tool, one small class each (vfio binding is the model)
-    (1, r"^vfio/|^writers/|^sriov\.py$"),
+    (1, r"^vfio/|^writers/"),
     # 2 kinds (policy, checks, refusals), doctor and boot preparation
     (2, r"^kinds/|^doctor(_initramfs)?\.py$|^prepare/"),
     # 3 the inventory (store, claims, schema, sync, spec) and vm/ (attachments -> argv, XML, QMP)

@@ -28,8 +28,10 @@ from passthru.kinds import kind_for
 from passthru.kinds.nic_vf import (Devlink, NicKind, Ovs, ToolMissing, VfConfig, VfNetlink, list_vfs,
                                    normalize_settings, offload_ovs, parse_vfinfo, reset_vf, set_vf, sriov_findings,
                                    switchdev, vf_messages, vf_of)
-from passthru.sriov import (SriovKernel, SriovStore, count_vfs, read_pf, representors, resolve_pf, sriov_pfs,
-                            vfs_in_use)
+from passthru.host.sriov import read_pf, representors, resolve_pf, sriov_pfs
+from passthru.kinds.nic_vf import SriovStore
+from passthru.kinds.nic_vf.vfcount import count_vfs, vfs_in_use
+from passthru.writers.sriov import SriovKernel
 from sysfs_builder import SysfsBuilder, _attrs, _link
 
 PF0, PF1 = "0000:3b:00.0", "0000:3b:00.1"
@@ -654,9 +656,9 @@ def test_switchdev_errors_and_text_output(gs):
 
 class MissingTool(Devlink):
     def run(self, args):
-        from passthru.kinds.nic_vf import _run_tool
+        from passthru.writers.tools import run_tool
 
-        return _run_tool([f"devlink-missing-{uuid.uuid4().hex[:6]}", *args], 5, self.INSTALL)
+        return run_tool([f"devlink-missing-{uuid.uuid4().hex[:6]}", *args], 5, self.INSTALL)
 
 
 def test_a_missing_devlink_says_what_to_install():
@@ -696,9 +698,9 @@ class FakeOvs(Ovs):
 
 class NoOvs(Ovs):
     def run(self, args):
-        from passthru.kinds.nic_vf import _run_tool
+        from passthru.writers.tools import run_tool
 
-        return _run_tool([f"ovs-vsctl-missing-{uuid.uuid4().hex[:6]}", *args], 5, self.INSTALL)
+        return run_tool([f"ovs-vsctl-missing-{uuid.uuid4().hex[:6]}", *args], 5, self.INSTALL)
 
 
 def test_ovs_offload_sets_hw_offload_once(gs):

@@ -57,7 +57,7 @@ def vf_count(
     records) without --force. Examples: `passthru vf count 0000:3b:00.0 8 --autoprobe off`,
     `passthru vf count enp59s0f0np0 0 --force`, `passthru vf count enp59s0f0np0 --restore`.
     """
-    from .sriov import count_vfs
+    from .kinds.nic_vf.vfcount import count_vfs
 
     c: _Ctx = ctx.obj
     out = count_vfs(c.host, c.paths, pf, n, force=force, autoprobe=_onoff(autoprobe, "--autoprobe"),

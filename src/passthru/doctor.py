@@ -384,7 +384,7 @@ def _check_kind(r: Report, f: _Facts, dev: Device) -> None:
 
 
 def _check_sriov(r: Report, f: _Facts) -> None:
-    """Per SR-IOV PF with VFs: eswitch mode and representors; the Open vSwitch hw-offload step (kinds/nic_vf.py)."""
+    """Per SR-IOV PF with VFs: eswitch mode and representors; the Open vSwitch hw-offload step (kinds/nic_vf/)."""
     if not any(fn.sriov_numvfs for fn in f.inv.pci):
         return
     from .kinds.nic_vf import sriov_findings

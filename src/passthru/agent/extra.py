@@ -1,4 +1,4 @@
-"""vGPU and SR-IOV VF endpoints: thin wrappers over ``passthru.service.vgpu`` and ``passthru.sriov`` /
+"""vGPU and SR-IOV VF endpoints: thin wrappers over ``passthru.service.vgpu`` and ``passthru.kinds.nic_vf.vfcount`` /
 ``passthru.kinds.nic_vf`` (the same functions as ``passthru vgpu ...`` and ``passthru vf ...``). Added by
 ``api.create_app`` when those modules are importable."""
 
@@ -148,7 +148,7 @@ def _vgpu(app: FastAPI, agent: Agent, errors: Callable[..., dict]) -> None:
 
 def _vf(app: FastAPI, agent: Agent, errors: Callable[..., dict], invalid: Callable[..., Exception]) -> None:
     try:
-        from .. import sriov
+        from ..kinds.nic_vf import vfcount as sriov
         from ..kinds import nic_vf
     except ImportError:
         return

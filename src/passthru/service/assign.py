@@ -202,7 +202,7 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
            vf_options: dict | None = None, keep_driver: Collection[str] = (), dry_run: bool = False) -> AssignResult:
     """Claim the devices ``texts`` name for ``vm`` and take their PCI groups over for vfio-pci. ``vf_options``
     (mac, vlan, qos, spoofchk, trust, min_tx_rate, max_tx_rate, link_state) configure each NIC VF assigned, through
-    its PF (kinds/nic_vf.py); the prior settings are kept and put back on release. ``keep_driver``: PCI addresses
+    its PF (kinds/nic_vf/); the prior settings are kept and put back on release. ``keep_driver``: PCI addresses
     the VM manager moves to vfio-pci itself (libvirt managed='yes', Proxmox hostpci): their groups are recorded
     (takeover "none") after the takeover's guards pass, and never bound here. ``dry_run``: the same checks,
     claims and refusals in a rehearsal of the inventory that is rolled back, the takeover planned, nothing written."""
