@@ -17,7 +17,12 @@ rest. Hooks have no-op defaults, so a kind implements only what it needs:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from ..config import Paths
+from ..discovery import Device
+from ..findings import Finding
+from ..host.root import HostRoot
 
 __all__ = ["DeviceKind", "register", "kind_for", "load_all", "KINDS"]
 
@@ -28,16 +33,16 @@ class DeviceKind:
     name: ClassVar[str] = "custom"
     hotpluggable: ClassVar[bool] = True
 
-    def checks(self, h: Any, device: Any) -> list[Any]:
+    def checks(self, h: HostRoot, device: Device) -> list[Finding]:
         return []
 
-    def before_assign(self, h: Any, paths: Any, vm: str, identity: str, options: dict) -> dict | None:
+    def before_assign(self, h: HostRoot, paths: Paths, vm: str, identity: str, options: dict) -> dict | None:
         return None
 
-    def after_release(self, h: Any, paths: Any, vm: str, identity: str, prior: dict | None) -> None:
+    def after_release(self, h: HostRoot, paths: Paths, vm: str, identity: str, prior: dict | None) -> None:
         return None
 
-    def abandon(self, h: Any, paths: Any, vm: str, identity: str) -> None:
+    def abandon(self, h: HostRoot, paths: Paths, vm: str, identity: str) -> None:
         return None
 
 

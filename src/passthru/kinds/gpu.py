@@ -24,6 +24,7 @@ Checks added per GPU device (read-only, from sysfs ``resource`` and the IOMMU gr
 from __future__ import annotations
 
 from ..discovery import Device
+from ..findings import FAIL, PASS, SKIP, WARN, Finding
 from ..host.bars import HOLE64_DEFAULT, LARGE_BAR, mmio64_window_for, read_bars, size_text
 from ..host.pci import PciFunction, read_function
 from ..host.root import HostRoot
@@ -33,14 +34,10 @@ __all__ = ["GpuKind"]
 
 
 def _finding(*a: object, **kw: object):
-    from ..findings import Finding
-
     return Finding(*a, **kw)  # type: ignore[arg-type]
 
 
 def _large_bar(h: HostRoot, dev: Device) -> object:
-    from ..findings import FAIL, PASS, WARN
-
     title = "Large BARs"
     bars, _ = read_bars(h, dev.id)
     if not bars:
@@ -92,8 +89,6 @@ def _describe(f: PciFunction) -> str:
 
 
 def _companions(h: HostRoot, dev: Device) -> object:
-    from ..findings import PASS, SKIP, WARN
-
     title = "Companion functions travel together"
     fn = dev.fact
     assert isinstance(fn, PciFunction)
@@ -126,8 +121,6 @@ def _companions(h: HostRoot, dev: Device) -> object:
 
 
 def _rom(h: HostRoot, dev: Device) -> object | None:
-    from ..findings import PASS, WARN
-
     fn = dev.fact
     if dev.role != "display" or not isinstance(fn, PciFunction) or fn.boot_vga:
         return None  # the boot VGA is refused anyway (device.boot_vga); its ROM is the firmware's shadow copy
@@ -148,7 +141,7 @@ class GpuKind(DeviceKind):
     name = "gpu"
     hotpluggable = True
 
-    def checks(self, h: HostRoot, device: Device) -> list:
+    def checks(self, h: HostRoot, device: Device) -> list[Finding]:
         if device.bus != "pci" or not isinstance(device.fact, PciFunction):
             return []
         out = [_companions(h, device)]

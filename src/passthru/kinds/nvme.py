@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from ..discovery import Device
+from ..findings import FAIL, PASS, Finding
 from ..host.iommu import is_vfio_driver
 from ..host.pci import PciFunction
 from ..host.root import HostRoot
@@ -44,8 +45,7 @@ class NvmeKind(DeviceKind):
     name = "nvme"
     hotpluggable = True
 
-    def checks(self, h: HostRoot, device: Device) -> list:
-        from ..findings import FAIL, PASS, Finding
+    def checks(self, h: HostRoot, device: Device) -> list[Finding]:
         from ..host.usage import host_uses
 
         fn = device.fact

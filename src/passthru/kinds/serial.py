@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from ..discovery import Device, Inventory
 from ..errors import UsageError
+from ..findings import FAIL, PASS, SKIP, Finding, unreadable_fix
 from ..host.openfiles import OpenScan, char_devnum, describe, openers
 from ..host.root import HostRoot
 from ..host.serial import SerialPort
@@ -80,9 +81,7 @@ class SerialKind(DeviceKind):
     name = "serial"
     hotpluggable = True
 
-    def checks(self, h: HostRoot, device: Device) -> list:
-        from ..findings import FAIL, PASS, SKIP, Finding, unreadable_fix
-
+    def checks(self, h: HostRoot, device: Device) -> list[Finding]:
         port = device.fact
         if device.bus != "serial" or not isinstance(port, SerialPort):
             return []

@@ -23,6 +23,7 @@ from typing import Callable
 
 from ..discovery import Device, Inventory
 from ..errors import UsageError
+from ..findings import PASS, WARN, Finding
 from ..host.root import HostRoot
 from ..host.serial import scan_serial
 from ..host.usb import UsbDevice, scan_usb
@@ -81,9 +82,7 @@ class UsbKind(DeviceKind):
     name = "usb"
     hotpluggable = True
 
-    def checks(self, h: HostRoot, device: Device) -> list:
-        from ..findings import PASS, WARN, Finding
-
+    def checks(self, h: HostRoot, device: Device) -> list[Finding]:
         u = device.fact
         if device.bus != "usb" or not isinstance(u, UsbDevice):
             return []

@@ -29,10 +29,11 @@ runs them against netdevsim.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ...host.root import HostRoot
+from ...config import Paths
+from ...discovery import Device
 from ...errors import HostError, PassthruError, UsageError
+from ...findings import Finding
 from ...host.pci import normalize_address
 from ...host.sriov import PfRef, resolve_pf
 from ...writers.netlink import VfConfig, VfNetlink, parse_vfinfo
@@ -81,14 +82,14 @@ class NicKind(DeviceKind):
         self.netlink = netlink
         self.devlink = devlink
 
-    def checks(self, h: HostRoot, device: Any) -> list[Any]:
+    def checks(self, h: HostRoot, device: Device) -> list[Finding]:
         fact = getattr(device, "fact", None)
         if fact is None or not getattr(fact, "sriov_numvfs", None):
             return []
         return [f for f in sriov_findings(h, device.id, devlink=self.devlink, ovs=None)
                 if f.id != "sriov.ovs_offload"]
 
-    def before_assign(self, h: HostRoot, paths: Any, vm: str, identity: str, options: dict) -> dict | None:
+    def before_assign(self, h: HostRoot, paths: Paths, vm: str, identity: str, options: dict) -> dict | None:
         wanted = normalize_settings(options or {})
         if not wanted:
             return None
@@ -96,13 +97,13 @@ class NicKind(DeviceKind):
         res = set_vf(h, paths, pf.devlink, index, wanted, netlink=self.netlink, owner=f"VM {vm}")
         return {"pf": pf.devlink, "vf": index, "prior": res.prior, "applied": wanted}
 
-    def after_release(self, h: HostRoot, paths: Any, vm: str, identity: str, prior: dict | None) -> None:
+    def after_release(self, h: HostRoot, paths: Paths, vm: str, identity: str, prior: dict | None) -> None:
         if not prior or not prior.get("prior"):
             return None
         reset_vf(h, paths, prior["pf"], int(prior["vf"]), netlink=self.netlink, prior=prior["prior"])
         return None
 
-    def abandon(self, h: HostRoot, paths: Any, vm: str, identity: str) -> None:
+    def abandon(self, h: HostRoot, paths: Paths, vm: str, identity: str) -> None:
         """set_vf journals the prior settings (owner "VM <vm>") before it changes anything: reset from that."""
         try:
             pf, index = vf_of(h, identity)

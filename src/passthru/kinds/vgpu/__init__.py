@@ -12,9 +12,12 @@ assigning it is a service operation (``service/vgpu.py``).
 
 from __future__ import annotations
 
-from typing import Any
-
+from ...config import Paths
+from ...discovery import Device
 from ...findings import PASS, WARN, Finding
+from ...host.pci import PciFunction
+from ...host.root import HostRoot
+from ...vfio.kernel import Kernel
 from ..base import DeviceKind, register
 from .instances import VgpuOutcome, VgpuResult, create, parse_id, release_created, remove, start_persisted, types_doc
 from .placement import (MDEV, PLACEMENTS, SRIOV, UUID_RE, Instance, Parent, VgpuType, candidates, capacity,
@@ -35,14 +38,14 @@ class VgpuKind(DeviceKind):
     name = "vgpu"
     hotpluggable = True
 
-    def __init__(self, kernel: Any = None) -> None:
+    def __init__(self, kernel: Kernel | None = None) -> None:
         self.kernel = kernel  # the write boundary (passthru.writers.mdev.MdevKernel); tests give a fake
 
-    def checks(self, h: Any, device: Any) -> list[Any]:
+    def checks(self, h: HostRoot, device: Device | PciFunction) -> list[Finding]:
         """A GPU that offers vGPU types but has no capacity left, and an NVIDIA vGPU VF with no type set."""
         fn = getattr(device, "fact", device)
         addr = getattr(fn, "address", None)
-        out: list[Any] = []
+        out: list[Finding] = []
         if addr is None:
             return out
         if getattr(fn, "mdev_types", ()):
@@ -57,7 +60,7 @@ class VgpuKind(DeviceKind):
                                f"passthru vgpu create {addr} TYPE (`passthru vgpu types` lists them)", addr))
         return out
 
-    def before_assign(self, h: Any, paths: Any, vm: str, identity: str, options: dict) -> dict | None:
+    def before_assign(self, h: HostRoot, paths: Paths, vm: str, identity: str, options: dict) -> dict | None:
         """With ``options`` {"type": T[, "parent": P, "placement": "pack"|"spread"]}: make a vGPU for ``vm`` now (the
         caller claims ``identity``; ``passthru vgpu create --vm`` does both) and return {"identity", "created"}."""
         if not options.get("type"):
@@ -66,7 +69,7 @@ class VgpuKind(DeviceKind):
                      vm=vm, kernel=self.kernel)
         return {"identity": res.identity, "created": res.id}
 
-    def after_release(self, h: Any, paths: Any, vm: str, identity: str, prior: dict | None) -> None:
+    def after_release(self, h: HostRoot, paths: Paths, vm: str, identity: str, prior: dict | None) -> None:
         """Remove the mdev (or reset the VF's vGPU type) if passthru made it for ``vm``; anything else stays."""
         release_created(h, paths, vm, [identity], kernel=self.kernel)
 
