@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError, UsageError
 from .host.root import HostRoot
+from .names import MODEL_NAME
 from .statefs import check_dir
 
 __all__ = ["Paths", "DeviceModel", "load_models", "save_models", "add_model", "remove_model", "BUILTIN_KINDS",
@@ -35,7 +36,7 @@ __all__ = ["Paths", "DeviceModel", "load_models", "save_models", "add_model", "r
 CONFIG_ENV = "PASSTHRU_CONFIG_DIR"
 STATE_ENV = "PASSTHRU_STATE_DIR"
 BUILTIN_KINDS = ("gpu", "nic", "nvme", "usb", "serial", "bridge", "other", "vgpu")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_NAME_RE = MODEL_NAME
 _HEX4_RE = re.compile(r"^(0x)?[0-9a-fA-F]{1,4}$")
 # free text the operator gives passthru (descriptions, names): no C0 control characters and no DEL; the agent's API
 # validates its fields with the same pattern

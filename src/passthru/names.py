@@ -1,4 +1,5 @@
-"""The one rule for VM names and VM UUIDs, shared by the CLI, the agent's API, the inventory and the vGPU writer.
+"""The one rule for VM names and VM UUIDs, shared by the CLI, the agent's API, the inventory and the vGPU writer;
+and the one rule for custom model and kind names (:data:`MODEL_NAME`: models.toml, specs, the inventory).
 
     check_vm("vm1")               -> "vm1"; UsageError (exit 2) naming the rule otherwise
     check_uuid("4B20D080-...")    -> the UUID in lower case; UsageError otherwise
@@ -15,13 +16,15 @@ import re
 
 from .errors import UsageError
 
-__all__ = ["VM_NAME_PATTERN", "VM_NAME_MAX", "UUID_PATTERN", "check_vm", "check_uuid", "is_vm_name"]
+__all__ = ["VM_NAME_PATTERN", "VM_NAME_MAX", "UUID_PATTERN", "MODEL_NAME", "check_vm", "check_uuid", "is_vm_name"]
 
 VM_NAME_MAX = 255
 VM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 _VM = re.compile(VM_NAME_PATTERN, re.ASCII)
 _UUID = re.compile(UUID_PATTERN, re.ASCII)
+# a custom model or kind name: lower-case, as it appears in specs (`passthru assign vm1 mygpu`) and the inventory
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
 def is_vm_name(vm: object) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..host.pci import normalize_address
+from ..names import MODEL_NAME
 
 __all__ = ["Spec", "parse_spec", "FORMS"]
 
@@ -26,7 +27,7 @@ _USB_ID = re.compile(r"^usb:([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?::(\S+))?$")
 _USB_PORT = re.compile(r"^usb:(\d{1,3})-(\d{1,3}(?:\.\d{1,3}){0,6})$")
 _SERIAL = re.compile(r"^serial:(/dev/tty[A-Za-z]+[0-9]+)$")
 _MDEV = re.compile(r"^mdev:([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_NAME = MODEL_NAME
 _PCI_LIKE = re.compile(r"^[0-9a-fA-F]*:?[0-9a-fA-F]+:[0-9a-fA-F]+\.[0-9a-fA-F]+$")
 
 

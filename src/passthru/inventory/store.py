@@ -19,7 +19,6 @@ retry after a crash. Released rows are kept as history. See ``claims.py`` for th
 from __future__ import annotations
 
 import os
-import re
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
@@ -29,7 +28,7 @@ from sqlalchemy.engine import make_url
 from ..config import BUILTIN_KINDS, Paths
 from ..errors import HostError, InventoryError, NotFoundError, UsageError
 from . import claims as rules
-from ..names import check_uuid, check_vm
+from ..names import MODEL_NAME, check_uuid, check_vm
 from .base import STATES, Assignment, ClaimError, InvalidState, actor, now, write_audit
 from .engine import begin_outer, db_label, fork_guard, in_savepoint, make_engine, reading, sqlite_file, unusable, writing
 from .health import backup_sqlite, schema_problem
@@ -42,7 +41,7 @@ DB_ENV = "PASSTHRU_DB_URL"
 # target state -> the states it may be reached from
 _TRANSITIONS = {"attached": ("reserved",), "reserved": ("pending", "attached"),
                 "released": ("pending", "reserved", "attached")}
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_NAME_RE = MODEL_NAME
 _PG_MIGRATE_LOCK = 0x70617373  # "pass": advisory lock key for concurrent first starts on PostgreSQL
 T = TypeVar("T")
 
