@@ -11,8 +11,8 @@
     parents = scan_parents(h)              # [Parent], mdev parents first, then SR-IOV GPUs
     hosted_vgpus(h, "0000:af:00.0")        # [Instance]: the live vGPUs a PCI function hosts (a takeover kills them)
 
-The rules about them (placement, refusals) live in ``kinds/vgpu.py`` and the takeover guards; the writer is
-``passthru.kinds.vgpu``.
+The rules about them (placement, refusals) live in ``kinds/vgpu/`` and the takeover guards; the writer is
+``writers/mdev.py``.
 """
 
 from __future__ import annotations
