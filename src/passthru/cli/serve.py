@@ -107,7 +107,7 @@ def _serve(c: Session, where: Listen, limits: Limits, tls: tuple[str, str] | Non
     from ..service.preflight import preflight
 
     preflight(c.paths)  # a corrupt inventory or a broken state dir: one line, exit 2, before anything listens
-    from ..agent.api import create_app
+    from ..agent.app import create_app
 
     application = create_app(c.host.base, c.paths.config_dir, c.paths.state_dir, token=token,
                              reconcile_on_start=reconcile, release_gone=release_gone, udev=hotplug,
