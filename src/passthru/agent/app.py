@@ -10,6 +10,8 @@ write (state.py). The endpoints live in routes/, one module per resource, and ar
 
 from __future__ import annotations
 
+import json
+import sys
 from contextlib import asynccontextmanager
 from typing import Any, Callable
 
@@ -92,7 +94,4 @@ def openapi_document() -> dict:
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
     sys.stdout.write(json.dumps(openapi_document(), indent=2, sort_keys=False) + "\n")

@@ -121,8 +121,6 @@ def command():
     process that runs several, like the agent's tests or the lab's crash driver, pays once)."""
     global _COMMAND
     if _COMMAND is None:
-        import typer.main
-
         _COMMAND = typer.main.get_command(app)
     return _COMMAND
 

@@ -1,7 +1,6 @@
 """CLI verbs that tie passthru to libvirt and Proxmox VE starting and stopping VMs: ``passthru hooks show|install|
 uninstall`` and the entry points the installed hooks call, ``passthru hooks libvirt ...`` and ``passthru hooks
-proxmox ...``. The logic is in service/lifecycle.py, service/proxmox.py and
-service/hooks.py."""
+proxmox ...``. The logic is in service/lifecycle.py, service/proxmox.py and service/hooks.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""CLI verb of the agent: ``passthru serve``. FastAPI and uvicorn are imported only
-when the agent starts, so the other verbs do not pay for them."""
+"""CLI verb of the agent: ``passthru serve``. FastAPI and uvicorn are imported only when the agent starts, so the
+other verbs do not pay for them."""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -90,9 +92,6 @@ def serve(
 def _serve(c: Session, where: Listen, limits: Limits, tls: tuple[str, str] | None, reach: str | None, *,
            allow_remote: bool, token_file: str | None, log_level: str, reconcile: bool, release_gone: bool,
            hotplug: bool) -> None:
-    import logging
-    import os
-
     from ..agent import logfilter
     from ..agent.limits import raise_fd_limit
     from ..agent.server import AgentServer, load_token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -65,8 +66,6 @@ def backup(
 
     Example: `passthru store backup`, `passthru store backup -o /root/passthru-$(date +%F).db`.
     """
-    import os
-
     from ..inventory.engine import parse_url, sqlite_file
     from ..inventory.health import backup_sqlite
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -175,8 +177,6 @@ def qemu_args(
     Example: `qemu-system-x86_64 ... $(passthru qemu-args vm1)`. --hide-kvm adds -global x86_64-cpu.kvm=off
     (kvm=off on whatever -cpu the VM has).
     """
-    import shlex
-
     from ..vm.qemu import qemu_args as render
 
     c: Session = ctx.obj
@@ -186,7 +186,7 @@ def qemu_args(
         return
     print(" ".join(shlex.quote(a) for a in out.argv))
     for n in out.notes:
-        print(f"# note: {n}", file=__import__("sys").stderr)
+        print(f"# note: {n}", file=sys.stderr)
 
 
 def libvirt_xml(
@@ -212,8 +212,6 @@ def libvirt_xml(
     `passthru libvirt-xml vm1 --domain vm1 --attach-dir vm1.d` (then `virsh attach-device vm1 FILE --config` for
     each file in name order: controllers first). docs/libvirt.md.
     """
-    import sys
-
     from ..vm.libvirt import libvirt_xml as render
     from ..vm.libvirt import qemu_override_xml
 
