@@ -27,7 +27,7 @@ import schemathesis
 import qemu_proc
 import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
-from passthru.agent.api import create_app
+from passthru.agent.app import create_app
 from passthru.agent.events import QueueSource
 from passthru.agent.server import AgentServer, Listen, load_token, parse_listen
 from passthru.agent.vms import parse_qemu_argv
@@ -699,11 +699,11 @@ def test_metrics_are_prometheus_text(api):
 
 # -- the schema ---------------------------------------------------------------------------------------------------
 def test_the_committed_openapi_schema_is_current():
-    from passthru.agent.api import openapi_document
+    from passthru.agent.app import openapi_document
 
     committed = json.loads((DOCS / "openapi.json").read_text())
     assert committed == openapi_document(), ("docs/openapi.json is stale: regenerate it with "
-                                             "`python -m passthru.agent.api > docs/openapi.json`")
+                                             "`python -m passthru.agent.app > docs/openapi.json`")
     paths = committed["paths"]
     for path, method in (("/devices", "get"), ("/groups", "get"), ("/usb", "get"), ("/serial", "get"),
                          ("/doctor", "get"), ("/bind", "post"), ("/restore", "post"), ("/models", "get"),

@@ -34,7 +34,7 @@ import pytest
 
 import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
-from passthru.agent.api import create_app
+from passthru.agent.app import create_app
 from passthru.agent.logfilter import RateLimit
 from passthru.agent.server import AgentServer, Listen
 from passthru.service.session import Session

@@ -14,7 +14,7 @@ from passthru import __version__
 from passthru.cli import command
 from passthru.cli import main as cli_main
 from passthru.service.fastpath import _parse_fast
-from passthru.completion import script, walk
+from passthru.cli.completion import script, walk
 
 
 @pytest.fixture(scope="module")

@@ -30,19 +30,10 @@ FLOORS: list[tuple[int, str]] = [
     # 4 services: the operations the faces call; JSON documents; systemd units
     (4, r"^service/|^(render|units)\.py$"),
     # 5 faces: the CLI and the agent, and their helpers
-    (5, r"^cli[^/]*\.py$|^cli/|^agent/|^(__main__|completion|tables)\.py$"),
+    (5, r"^cli/|^agent/|^__main__\.py$"),
     # the package's own __init__ (a docstring and __version__)
     (0, r"^__init__\.py$"),
 ]
-
-# Circles the faces branch ("faces": cli*.py -> a cli/ package, agent/ split per resource) removes; exempt here, as
-# exactly these file sets, until that branch is merged (then delete this and the test holds for them too).
-EXEMPT_CIRCLES = [
-    {"agent/api.py", "agent/extra.py"},
-    {"cli.py", "cli_agent.py", "cli_hooks.py", "cli_shell.py", "cli_store.py", "cli_vf.py", "cli_vfio.py",
-     "cli_vgpu.py", "cli_vm.py"},
-]
-
 
 def _modules() -> dict[str, str]:
     """module name -> path relative to PKG, for every module of passthru (each one imported)."""
@@ -152,8 +143,7 @@ def test_no_import_runs_up_the_floors():
 
 
 def test_no_import_circles():
-    found = [sorted(MODULES[m] for m in c) for c in circles(edges())]
-    bad = [c for c in found if set(c) not in EXEMPT_CIRCLES]
+    bad = [sorted(MODULES[m] for m in c) for c in circles(edges())]
     assert not bad, "import circles:\n" + "\n".join(", ".join(c) for c in bad)
 
 

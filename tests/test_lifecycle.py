@@ -143,7 +143,7 @@ def test_installed_hook_run_as_libvirt_runs_it(host, tmp_path):
 
 
 def test_the_hook_bounds_its_own_time():
-    from passthru.cli_hooks import _bounded, _TimedOut
+    from passthru.cli.hooks import _bounded, _TimedOut
 
     with pytest.raises(_TimedOut, match="gave up after 1 s"):
         _bounded(1)

@@ -14,7 +14,7 @@ import pytest
 
 import sysfs_fixtures as fx
 from passthru.cli import main as cli_main
-from passthru.tables import Table
+from passthru.cli.tables import Table
 
 TABLES = [  # (argv, headers every width shows, headers only a wide one shows)
     (["devices"], ["ADDRESS/ID", "KIND", "NAME", "DRIVER", "GROUP"], ["ROLE", "NOTES"]),

@@ -7,8 +7,8 @@ import re
 
 import sysfs_fixtures
 from passthru.cli import main as cli_main
-from passthru.cli import _s
-from passthru.cli_vf import _print_vf
+from passthru.cli.output import text
+from passthru.cli.vf import _print_vf
 from passthru.host.root import HostRoot
 from passthru.kinds.nic_vf import VfNetlink, set_vf
 from test_sriov import IF0, FakeIPRoute, _paths
@@ -17,7 +17,7 @@ PYTHON_WORDS = re.compile(r"\b(True|False|None)\b")
 
 
 def test_values_are_words():
-    assert (_s(True), _s(False), _s(None), _s(""), _s(0), _s("x")) == ("on", "off", "-", "-", "0", "x")
+    assert (text(True), text(False), text(None), text(""), text(0), text("x")) == ("on", "off", "-", "-", "0", "x")
 
 
 def test_vf_settings_read_on_and_off(tmp_path, capsys):

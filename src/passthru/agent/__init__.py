@@ -1,8 +1,12 @@
 """``passthru serve``: the agent, a FastAPI app on uvicorn over the same service layer as the CLI.
 
-    api.py      create_app(): endpoints, request validation, errors as JSON
+    app.py      create_app(): the FastAPI app, every route registered in the order docs/openapi.json lists them
+    schemas.py  request bodies and answer documents (pydantic), the error answers of each route
+    routes/     the endpoints, one module per resource: inventory, takeover, models, assignments, vms, vgpu, vf,
+                health (the agent's own: /health, /events, /reconcile, /metrics)
+    error_handlers.py  errors as JSON {"code", "message"} with their HTTP status
     gate.py     the ASGI gate: bearer token, request body limit, request counters, internal errors as a generic 500
-    core.py     Agent: the inventory snapshot kept in memory, writes, reconcile, VM liveness
+    state.py    Agent: the inventory snapshot kept in memory, writes, reconcile, VM liveness
     events.py   hot-plug events (pyudev, kernel uevents) debounced into inventory refreshes
     vms.py      which VMs run: QEMU processes by -name / -uuid
     metrics.py  GET /metrics (Prometheus text format)
@@ -19,7 +23,7 @@ __all__ = ["create_app", "AgentServer", "parse_listen", "load_token"]
 
 def __getattr__(name: str):  # lazy: importing the package must not import FastAPI
     if name == "create_app":
-        from .api import create_app
+        from .app import create_app
 
         return create_app
     if name in ("AgentServer", "parse_listen", "load_token"):

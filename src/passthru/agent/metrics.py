@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from .core import Agent
+from .state import Agent
 
 __all__ = ["render_metrics", "CONTENT_TYPE"]
 

@@ -1,65 +1,22 @@
-"""CLI verbs of the inventory and VM wiring: model, assign, release, assignments, qemu-args, libvirt-xml, attach,
-detach (registered on ``cli.app``)."""
+"""CLI verbs of assignments and VM wiring: assign, release, assignments, qemu-args, libvirt-xml, attach, detach."""
 
 from __future__ import annotations
 
+import shlex
+import sys
 from typing import Annotated, Optional
 
 import typer
 
-from .cli import _Ctx, _console, _emit_json, _s, app
-from .errors import UsageError
+from ..service.session import Session
+from ..service.listings import emit_json
+from ..errors import UsageError
+from .output import console, text
 
 _JSON = typer.Option("--json", help="Print the JSON document.")
 _DRY = typer.Option("--dry-run", help="Show what would change (same checks and refusals); change nothing.")
-model_app = typer.Typer(name="model", help="Custom PCI device types (models.toml): add, list, remove.",
-                        no_args_is_help=True, rich_markup_mode=None)
-app.add_typer(model_app)
 
 
-@model_app.command("add")
-def model_add(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Lowercase name, e.g. intel-qat.")],
-    vendor: Annotated[str, typer.Option("--vendor", metavar="VVVV", help="PCI vendor ID, hex.")],
-    device: Annotated[str, typer.Option("--device", metavar="DDDD", help="PCI device ID, hex.")],
-    kind: Annotated[str, typer.Option("--kind", help="Kind name shown in listings.")] = "custom",
-    description: Annotated[Optional[str], typer.Option("--description")] = None,
-) -> None:
-    """Name a PCI device type passthru does not classify. Example: `passthru model add intel-qat --vendor 8086
-    --device 37c8 --kind accelerator`."""
-    from .config import add_model
-
-    c: _Ctx = ctx.obj
-    print(f"{name}: {add_model(c.paths.models_file, name, vendor, device, kind, description)}")
-
-
-@model_app.command("list")
-def model_list(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
-    """The custom models. Example: `passthru model list --json`."""
-    c: _Ctx = ctx.obj
-    models = [{"name": m.name, "vendor_id": f"{m.vendor_id:04x}", "device_id": f"{m.device_id:04x}",
-               "kind": m.kind, "description": m.description} for m in c.models()]
-    if as_json:
-        _emit_json({"schema": 1, "models": models})
-        return
-    for m in models:
-        print(f"{m['name']}  {m['vendor_id']}:{m['device_id']}  {m['kind']}  {m['description'] or ''}".rstrip())
-    if not models:
-        print("no custom models (add one with `passthru model add NAME --vendor VVVV --device DDDD`)")
-
-
-@model_app.command("remove")
-def model_remove(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
-    """Forget a custom model. Example: `passthru model remove intel-qat`."""
-    from .config import remove_model
-
-    c: _Ctx = ctx.obj
-    remove_model(c.paths.models_file, name)
-    print(f"{name}: removed")
-
-
-@app.command()
 def assign(
     ctx: typer.Context,
     vm: Annotated[str, typer.Argument(help="VM name.")],
@@ -87,16 +44,16 @@ def assign(
     52:54:00:12:34:56 --vlan 100 --spoofchk on` (a VF, configured through its PF; put back on release),
     `passthru assign vm1 gpu --dry-run` (what would be claimed and moved; same refusals, nothing changed).
     """
-    from .service.assign import assign as do_assign
+    from ..service.assign import assign as do_assign
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     vf = {k: v for k, v in {"mac": mac, "vlan": vlan, "qos": qos, "spoofchk": spoofchk, "trust": trust,
                             "min_tx_rate": rate_min, "max_tx_rate": rate_max, "link_state": link_state}.items()
           if v is not None}
     res = do_assign(c, vm, specs, numa=numa, numa_policy=numa_policy, vm_uuid=vm_uuid, bind=not no_bind,
                     vf_options=vf or None, dry_run=dry_run)
     if as_json:
-        _emit_json(res.to_json())
+        emit_json(res.to_json())
         return
     if dry_run:
         for a in res.assignments:
@@ -104,7 +61,7 @@ def assign(
         for b in res.bound:
             print(f"{b}: would move to vfio-pci ({res.moves.get(b) or 'no driver'} -> vfio-pci)")
         for v in res.vfs:
-            print(f"{v}: VF settings would be set ({', '.join(f'{k} {_s(x)}' for k, x in vf.items())})")
+            print(f"{v}: VF settings would be set ({', '.join(f'{k} {text(x)}' for k, x in vf.items())})")
         print("dry run: nothing was changed")
         return
     for a in res.assignments:
@@ -113,7 +70,6 @@ def assign(
         print(f"{b}: now on vfio-pci")
 
 
-@app.command()
 def release(
     ctx: typer.Context,
     vm: Annotated[str, typer.Argument(help="VM name.")],
@@ -124,14 +80,14 @@ def release(
 ) -> None:
     """Take devices away from a VM's record (all of them, or the SPECs). Examples: `passthru release vm1`,
     `passthru release vm1 0000:86:00.0 --restore`, `passthru release vm1 --restore --dry-run`."""
-    from .service.dryrun import plan_release
-    from .service.assign import release as do_release
+    from ..service.dryrun import plan_release
+    from ..service.assign import release as do_release
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     if dry_run:
         doc = plan_release(c, vm, specs or None, restore=restore)
         if as_json:
-            _emit_json(doc)
+            emit_json(doc)
             return
         for ident in doc["released"]:
             print(f"{vm}: {ident} would be released")
@@ -146,13 +102,12 @@ def release(
         return
     out = do_release(c, vm, specs or None, restore=restore)
     if as_json:
-        _emit_json({"schema": 1, "vm": vm, "released": [a.device for a in out]})
+        emit_json({"schema": 1, "vm": vm, "released": [a.device for a in out]})
         return
     for a in out:
         print(f"{vm}: {a.device} released")
 
 
-@app.command()
 def assignments(
     ctx: typer.Context,
     vm: Annotated[Optional[str], typer.Argument(help="Only this VM.")] = None,
@@ -160,24 +115,24 @@ def assignments(
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Who holds what. Example: `passthru assignments --json`."""
-    from .service.assign import _assignment_json, open_store
+    from ..service.assign import _assignment_json, open_store
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     rows = open_store(c).assignments(vm, active=not all_)
     if as_json:
-        _emit_json({"schema": 1, "assignments": [_assignment_json(a) for a in rows]})
+        emit_json({"schema": 1, "assignments": [_assignment_json(a) for a in rows]})
         return
-    con = _console()
+    con = console()
     if not rows:
         con.print("no assignments", markup=False)
     for a in rows:
         con.print(f"{a.vm}  {a.device}  {a.state}  since {a.created}", markup=False)
 
 
-def _attachments(c: _Ctx, vm: str, x_vga: list[str], romfile: list[str], rombar_off: list[str], serial_bus: str):
-    from .host.pci import normalize_address
-    from .service.hotplug import vm_attachments
-    from .service.attachments import AttachOptions
+def _attachments(c: Session, vm: str, x_vga: list[str], romfile: list[str], rombar_off: list[str], serial_bus: str):
+    from ..host.pci import normalize_address
+    from ..service.hotplug import vm_attachments
+    from ..service.attachments import AttachOptions
 
     def addr(t: str) -> str:
         try:
@@ -207,7 +162,6 @@ _SERBUS = typer.Option("--serial-bus", help="pci (pci-serial) or isa (isa-serial
 _HIDE = typer.Option("--hide-kvm", help="Hide the hypervisor (kvm=off; NVIDIA GeForce before R465).")
 
 
-@app.command("qemu-args")
 def qemu_args(
     ctx: typer.Context,
     vm: Annotated[str, typer.Argument(help="VM name.")],
@@ -224,21 +178,18 @@ def qemu_args(
     Example: `qemu-system-x86_64 ... $(passthru qemu-args vm1)`. --hide-kvm adds -global x86_64-cpu.kvm=off
     (kvm=off on whatever -cpu the VM has).
     """
-    import shlex
+    from ..vm.qemu import qemu_args as render
 
-    from .vm.qemu import qemu_args as render
-
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     out = render(_attachments(c, vm, x_vga, romfile, rombar_off, serial_bus), machine=machine, hide_kvm=hide_kvm)
     if as_json:
-        _emit_json(out.to_json())
+        emit_json(out.to_json())
         return
     print(" ".join(shlex.quote(a) for a in out.argv))
     for n in out.notes:
-        print(f"# note: {n}", file=__import__("sys").stderr)
+        print(f"# note: {n}", file=sys.stderr)
 
 
-@app.command("libvirt-xml")
 def libvirt_xml(
     ctx: typer.Context,
     vm: Annotated[str, typer.Argument(help="VM name.")],
@@ -262,18 +213,16 @@ def libvirt_xml(
     `passthru libvirt-xml vm1 --domain vm1 --attach-dir vm1.d` (then `virsh attach-device vm1 FILE --config` for
     each file in name order: controllers first). docs/libvirt.md.
     """
-    import sys
+    from ..vm.libvirt import libvirt_xml as render
+    from ..vm.libvirt import qemu_override_xml
 
-    from .vm.libvirt import libvirt_xml as render
-    from .vm.libvirt import qemu_override_xml
-
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     if domain is None and (attach_dir or connect):
         raise UsageError(f"{'--attach-dir' if attach_dir else '--connect'} goes with --domain NAME|FILE (the domain "
                          "whose controllers and addresses passthru must avoid)")
     if domain is not None:
-        from .vm.domain import parse_domain, read_domain
-        from .vm.merge import merge_domain, write_elements
+        from ..vm.domain import parse_domain, read_domain
+        from ..vm.merge import merge_domain, write_elements
 
         dom = parse_domain(read_domain(domain, connect, live=c.host.is_live))
         atts = _attachments(c, vm, x_vga, romfile, rombar_off, serial_bus)
@@ -295,7 +244,6 @@ def libvirt_xml(
         print(override)
 
 
-@app.command()
 def attach(
     ctx: typer.Context,
     vm: Annotated[str, typer.Argument(help="VM name.")],
@@ -308,18 +256,17 @@ def attach(
 
     Example: `passthru attach vm1 0000:86:00.0 --qmp /run/vm1.qmp`.
     """
-    from .service.hotplug import attach as do_attach
+    from ..service.hotplug import attach as do_attach
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     res = do_attach(c, vm, specs, qmp, port=port)
     if as_json:
-        _emit_json({"schema": 1, "vm": vm, "attached": res})
+        emit_json({"schema": 1, "vm": vm, "attached": res})
         return
     for r in res:
         print(f"{vm}: attached {', '.join(r['ids'])}" + (f" on {r['port']}" if r.get("port") else ""))
 
 
-@app.command()
 def detach(
     ctx: typer.Context,
     vm: Annotated[str, typer.Argument(help="VM name.")],
@@ -332,12 +279,12 @@ def detach(
 
     Example: `passthru detach vm1 0000:86:00.0 --qmp /run/vm1.qmp`.
     """
-    from .service.hotplug import detach as do_detach
+    from ..service.hotplug import detach as do_detach
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     res = do_detach(c, vm, specs, qmp, keep=keep)
     if as_json:
-        _emit_json({"schema": 1, "vm": vm, "detached": res})
+        emit_json({"schema": 1, "vm": vm, "detached": res})
         return
     for r in res:
         print(f"{vm}: detached {', '.join(r['ids'])}")

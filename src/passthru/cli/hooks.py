@@ -1,7 +1,6 @@
 """CLI verbs that tie passthru to libvirt and Proxmox VE starting and stopping VMs: ``passthru hooks show|install|
 uninstall`` and the entry points the installed hooks call, ``passthru hooks libvirt ...`` and ``passthru hooks
-proxmox ...`` (registered on ``cli.app``). The logic is in service/lifecycle.py, service/proxmox.py and
-service/hooks.py."""
+proxmox ...``. The logic is in service/lifecycle.py, service/proxmox.py and service/hooks.py."""
 
 from __future__ import annotations
 
@@ -11,12 +10,12 @@ from typing import Annotated
 
 import typer
 
-from .cli import _Ctx, _emit_json, app
-from .errors import HostError, PassthruError, UsageError
+from ..service.session import Session
+from ..service.listings import emit_json
+from ..errors import HostError, PassthruError, UsageError
 
 hooks_app = typer.Typer(name="hooks", help="libvirt and Proxmox hooks: passthru holds a VM's devices while it runs.",
                         no_args_is_help=True, rich_markup_mode=None)
-app.add_typer(hooks_app)
 
 _JSON = typer.Option("--json", help="Print the JSON document.")
 _TIMEOUT = typer.Option("--timeout", metavar="SECONDS", help="Give up (and undo) after this long.")
@@ -36,9 +35,9 @@ def show(
     timeout: Annotated[int, _TIMEOUT] = 60,
 ) -> None:
     """Print the hook program for this installation. Example: `passthru hooks show proxmox`."""
-    from .service.hooks import render
+    from ..service.hooks import render
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     sys.stdout.write(render(c, which, seconds=timeout)[0])
 
 
@@ -57,13 +56,13 @@ def install(
     Examples: `passthru hooks install --libvirt` (then restart libvirtd), `passthru hooks install --proxmox`
     (then `qm set VMID --hookscript local:snippets/passthru.sh`).
     """
-    from .service.hooks import install as do_install
+    from ..service.hooks import install as do_install
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     done = [(w, p, st) for w in _which(libvirt, proxmox) for p, st in do_install(c, w, snippets=snippets,
                                                                               seconds=timeout)]
     if as_json:
-        _emit_json({"schema": 1, "hooks": [{"hook": w, "path": p, "status": st} for w, p, st in done]})
+        emit_json({"schema": 1, "hooks": [{"hook": w, "path": p, "status": st} for w, p, st in done]})
         return
     for _w, p, st in done:
         print(f"{p}: {st}")
@@ -77,9 +76,9 @@ def uninstall(
     snippets: Annotated[str, typer.Option("--snippets", metavar="DIR")] = "/var/lib/vz/snippets",
 ) -> None:
     """Remove passthru's hooks (never another program's). Example: `passthru hooks uninstall --libvirt`."""
-    from .service.hooks import uninstall as do_uninstall
+    from ..service.hooks import uninstall as do_uninstall
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     for w in _which(libvirt, proxmox):
         for p, st in do_uninstall(c, w, snippets=snippets):
             print(f"{p}: {st}")
@@ -101,7 +100,7 @@ def _bounded(seconds: int) -> None:
 
 def _report(res, as_json: bool, prefix: str) -> None:  # noqa: ANN001 - a lifecycle.HookResult
     if as_json:
-        _emit_json({"schema": 1, "vm": res.vm, "action": res.action, "devices": res.devices, "bound": res.bound,
+        emit_json({"schema": 1, "vm": res.vm, "action": res.action, "devices": res.devices, "bound": res.bound,
                     "notes": res.notes})
         return
     for n in res.notes:
@@ -117,9 +116,9 @@ def libvirt(
 ) -> None:
     """What /etc/libvirt/hooks/qemu runs (the domain XML on stdin): prepare takes the domain's host devices, release
     gives them back. Prints nothing on success (libvirt reads a hook's output for some operations)."""
-    from .service.lifecycle import libvirt_hook
+    from ..service.lifecycle import libvirt_hook
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     try:
         xml = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read(16 << 20)
     except (OSError, ValueError, UnicodeDecodeError):  # closed, unreadable or not text: no domain XML
@@ -150,9 +149,9 @@ def proxmox(
 ) -> None:
     """What the Proxmox hookscript runs: pre-start records the VM's hostpci/usb devices (refusing the start when one
     is held by another VM or unsafe), post-start its vGPUs, post-stop releases them."""
-    from .service.proxmox import proxmox_hook
+    from ..service.proxmox import proxmox_hook
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     _bounded(timeout)
     try:
         res = proxmox_hook(c, vmid, phase)

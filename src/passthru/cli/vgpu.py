@@ -1,4 +1,4 @@
-"""CLI verbs of vGPUs: ``passthru vgpu types|list|create|remove|start-persisted`` (registered on ``cli.app``)."""
+"""CLI verbs of vGPUs: ``passthru vgpu types|list|create|remove|start-persisted``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import _Ctx, _console, _emit_json, _s, _table, app
-from .errors import UsageError
+from ..service.session import Session
+from ..service.listings import emit_json
+from ..errors import UsageError
+from .output import console, table, text
 
 _JSON = typer.Option("--json", help="Print the JSON document.")
 vgpu_app = typer.Typer(
@@ -19,7 +21,6 @@ vgpu_app = typer.Typer(
          "  passthru vgpu create 0000:af:00.0 nvidia-224 --persist\n\n"
          "  passthru vgpu create 'GRID T4-1Q' --placement spread   # any parent offering the type\n\n"
          "  passthru vgpu remove 4b6a7c3e-1f2d-4e5a-9b8c-0d1e2f3a4b5c")
-app.add_typer(vgpu_app)
 
 
 @vgpu_app.command("types")
@@ -33,28 +34,28 @@ def types(
 
     Examples: `passthru vgpu types`, `passthru vgpu types 0000:af:00.0 --json`.
     """
-    from .service.vgpu import types_doc
+    from ..service.vgpu import types_doc
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     doc = types_doc(c.host, parent)
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
         return
     if not doc["parents"]:
         print("no vGPU parents on this host: none in /sys/class/mdev_bus and no GPU VF with nvidia/"
               "creatable_vgpu_types (load the vendor's vGPU host driver; AMD SR-IOV GPUs: assign their VFs)")
         return
-    t = _table(None, ["PARENT", "BUS", "TYPE", "NAME", "AVAILABLE", "INSTANCES", "API", "DESCRIPTION"],
+    t = table(None, ["PARENT", "BUS", "TYPE", "NAME", "AVAILABLE", "INSTANCES", "API", "DESCRIPTION"],
                drop=("DESCRIPTION", "API", "BUS", "INSTANCES"))
     for p in doc["parents"]:
         bus = p["bus"] + (" (SR-IOV VFs)" if p["mode"] == "nvidia-sriov" else "")
         for ty in p["types"]:
             n = sum(1 for i in p["instances"] if i["type"] == ty["id"])
-            t.add_row(p["parent"], bus, ty["id"], _s(ty["name"]), _s(ty["available_instances"]), str(n),
-                      _s(ty["device_api"]), _s(ty["description"]))
+            t.add_row(p["parent"], bus, ty["id"], text(ty["name"]), text(ty["available_instances"]), str(n),
+                      text(ty["device_api"]), text(ty["description"]))
         if not p["types"]:
             t.add_row(p["parent"], bus, "-", "-", "-", str(len(p["instances"])), "-", "offers no types now")
-    _console().print(t)
+    console().print(t)
 
 
 def _positional(args: list[str]) -> tuple[str | None, str]:
@@ -96,15 +97,15 @@ def create(
     `passthru vgpu create mtty mtty-2 --persist`, `passthru vgpu create nvidia-224 --placement spread`,
     `passthru vgpu create 0000:d8:00.0 A100-4C --vm vm1`.
     """
-    from .service.vgpu import VgpuOutcome
-    from .service.vgpu import create as do_create
+    from ..service.vgpu import VgpuOutcome
+    from ..service.vgpu import create as do_create
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     parent, type_text = _positional(args)
     r = do_create(c.host, c.paths, parent, type_text, uuid=uuid, persist=persist, placement=placement, vm=vm,
                   dry_run=dry_run)
     if as_json:
-        _emit_json(VgpuOutcome("create", [r]).to_json())
+        emit_json(VgpuOutcome("create", [r]).to_json())
         return
     print(_line(r))
     if r.persisted:
@@ -125,13 +126,13 @@ def remove(
 
     Refused while a VM holds it (`passthru release` first). Example: `passthru vgpu remove 4b6a7c3e-...`.
     """
-    from .service.vgpu import VgpuOutcome
-    from .service.vgpu import remove as do_remove
+    from ..service.vgpu import VgpuOutcome
+    from ..service.vgpu import remove as do_remove
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     r = do_remove(c.host, c.paths, ident, keep_definition=keep_definition, dry_run=dry_run)
     if as_json:
-        _emit_json(VgpuOutcome("remove", [r]).to_json())
+        emit_json(VgpuOutcome("remove", [r]).to_json())
     else:
         print(_line(r))
 
@@ -141,20 +142,20 @@ def list_(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
     """vGPU instances: live ones, definitions (passthru's and mdevctl's /etc/mdevctl.d), and which passthru made (and
     for which VM). Example: `passthru vgpu list --json`.
     """
-    from .service.vgpu import list_vgpus
+    from ..service.vgpu import list_vgpus
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     rows = list_vgpus(c.host, c.paths)
     if as_json:
-        _emit_json({"schema": 1, "vgpus": rows})
+        emit_json({"schema": 1, "vgpus": rows})
         return
     if not rows:
         print("no vGPU instances (create one with `passthru vgpu create [PARENT] TYPE`)")
         return
-    t = _table(None, ["ID", "PARENT", "TYPE", "NAME", "GROUP", "STATUS"], drop=("GROUP", "NAME"))
+    t = table(None, ["ID", "PARENT", "TYPE", "NAME", "GROUP", "STATUS"], drop=("GROUP", "NAME"))
     for r in rows:
-        t.add_row(r["id"], r["parent"], _s(r["mdev_type"]), _s(r["type_name"]), _s(r["iommu_group"]), _status(r))
-    _console().print(t)
+        t.add_row(r["id"], r["parent"], text(r["mdev_type"]), text(r["type_name"]), text(r["iommu_group"]), _status(r))
+    console().print(t)
 
 
 def _status(r: dict) -> str:
@@ -165,7 +166,7 @@ def _status(r: dict) -> str:
         out.append("at boot: passthru")
     if ctl is not None:
         start = {"auto": "at boot", "manual": "on `mdevctl start`"}.get(ctl["start"] or "", ctl["start"] or "?")
-        differs = " as " + _s(ctl["mdev_type"]) if ctl["mdev_type"] != r["mdev_type"] else ""
+        differs = " as " + text(ctl["mdev_type"]) if ctl["mdev_type"] != r["mdev_type"] else ""
         out.append(f"defined by mdevctl{differs} ({start})" if not ctl["problem"] else
                    f"mdevctl file unreadable: {ctl['problem']} ({ctl['path']})")
     if pt is not None:
@@ -187,12 +188,12 @@ def start_persisted(
     Exit 1 when one could not be started (the others still are). Examples: `passthru vgpu start-persisted`,
     `passthru vgpu start-persisted --parent 0000:af:00.0`.
     """
-    from .service.vgpu import start_persisted as do_start
+    from ..service.vgpu import start_persisted as do_start
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     out = do_start(c.host, c.paths, parent=parent)
     if as_json:
-        _emit_json(out.to_json())
+        emit_json(out.to_json())
     else:
         for r in out.items:
             print(_line(r))

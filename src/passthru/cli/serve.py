@@ -1,21 +1,22 @@
-"""CLI verb of the agent: ``passthru serve`` (registered on ``cli.app``). FastAPI and uvicorn are imported only
-when the agent starts, so the other verbs do not pay for them."""
+"""CLI verb of the agent: ``passthru serve``. FastAPI and uvicorn are imported only when the agent starts, so the
+other verbs do not pay for them."""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .cli import _Ctx, app
-from .errors import UsageError
+from ..service.session import Session
+from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from .agent.limits import Limits
-    from .agent.server import Listen
+    from ..agent.limits import Limits
+    from ..agent.server import Listen
 
 
-@app.command()
 def serve(
     ctx: typer.Context,
     listen: Annotated[Optional[str], typer.Option(
@@ -59,12 +60,12 @@ def serve(
     `passthru serve --listen 0.0.0.0:8443 --allow-remote --tls-cert cert.pem --tls-key key.pem`,
     `curl --unix-socket /run/passthru/agent.sock http://agent/devices`, `passthru serve --install-unit`.
     """
-    from .agent.limits import Limits, parse_size
-    from .agent.server import check_remote, check_tls, parse_listen, resolve_tcp
+    from ..agent.limits import Limits, parse_size
+    from ..agent.server import check_remote, check_tls, parse_listen, resolve_tcp
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     if install_unit:
-        from .units import AGENT_UNIT, install_units
+        from ..units import AGENT_UNIT, install_units
 
         for path, st in install_units(c.host, c.paths, names=(AGENT_UNIT,)):
             print(f"{path}: {st}")
@@ -88,15 +89,12 @@ def serve(
            reconcile=not no_reconcile, release_gone=release_gone, hotplug=not no_hotplug)
 
 
-def _serve(c: _Ctx, where: Listen, limits: Limits, tls: tuple[str, str] | None, reach: str | None, *,
+def _serve(c: Session, where: Listen, limits: Limits, tls: tuple[str, str] | None, reach: str | None, *,
            allow_remote: bool, token_file: str | None, log_level: str, reconcile: bool, release_gone: bool,
            hotplug: bool) -> None:
-    import logging
-    import os
-
-    from .agent import logfilter
-    from .agent.limits import raise_fd_limit
-    from .agent.server import AgentServer, load_token
+    from ..agent import logfilter
+    from ..agent.limits import raise_fd_limit
+    from ..agent.server import AgentServer, load_token
 
     logging.basicConfig(level=log_level.upper(), format="passthru-agent: %(levelname)s %(message)s")
     limiter = logfilter.install()
@@ -105,10 +103,10 @@ def _serve(c: _Ctx, where: Listen, limits: Limits, tls: tuple[str, str] | None, 
     token = None
     if where.kind == "tcp":
         token = load_token(token_file or os.path.join(c.paths.config_dir, "token"))
-    from .service.preflight import preflight
+    from ..service.preflight import preflight
 
     preflight(c.paths)  # a corrupt inventory or a broken state dir: one line, exit 2, before anything listens
-    from .agent.api import create_app
+    from ..agent.app import create_app
 
     application = create_app(c.host.base, c.paths.config_dir, c.paths.state_dir, token=token,
                              reconcile_on_start=reconcile, release_gone=release_gone, udev=hotplug,

@@ -1,13 +1,15 @@
-"""CLI verbs of the inventory database itself: ``passthru store check|backup`` (registered on ``cli.app``)."""
+"""CLI verbs of the inventory database itself: ``passthru store check|backup``."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
 
-from .cli import _Ctx, _emit_json, app
-from .errors import UsageError
+from ..service.session import Session
+from ..service.listings import emit_json
+from ..errors import UsageError
 
 store_app = typer.Typer(
     name="store", no_args_is_help=True, rich_markup_mode=None,
@@ -15,11 +17,10 @@ store_app = typer.Typer(
          "Examples:\n\n"
          "  passthru store check              # integrity, schema version, tables, indexes, the backup\n\n"
          "  passthru store backup             # a consistent copy to passthru.db.bak (or -o FILE)")
-app.add_typer(store_app)
 
 
-def _url(c: _Ctx) -> str:
-    from .inventory.store import store_url
+def _url(c: Session) -> str:
+    from ..inventory.store import store_url
 
     return store_url(None, c.paths)
 
@@ -34,12 +35,12 @@ def check(
 
     Example: `passthru store check`, `passthru store check --json`.
     """
-    from .inventory.health import FAIL, WARN, check as run_check
+    from ..inventory.health import FAIL, WARN, check as run_check
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     doc = run_check(_url(c))
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
     else:
         version = "unknown" if doc["version"] is None else doc["version"] or "none"
         print(f"{doc['database']} ({doc['dialect']}): schema version {version}, this passthru knows up to "
@@ -66,12 +67,10 @@ def backup(
 
     Example: `passthru store backup`, `passthru store backup -o /root/passthru-$(date +%F).db`.
     """
-    import os
+    from ..inventory.engine import parse_url, sqlite_file
+    from ..inventory.health import backup_sqlite
 
-    from .inventory.engine import parse_url, sqlite_file
-    from .inventory.health import backup_sqlite
-
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     url = parse_url(_url(c))
     db = sqlite_file(url)
     if db is None:

@@ -1,4 +1,4 @@
-"""CLI verbs of SR-IOV: ``passthru vf count|list|set|reset|switchdev|offload`` (registered on ``cli.app``)."""
+"""CLI verbs of SR-IOV: ``passthru vf count|list|set|reset|switchdev|offload``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import _Ctx, _console, _emit_json, _s, _table, app
-from .errors import UsageError
+from ..service.session import Session
+from ..service.listings import emit_json
+from ..errors import UsageError
+from .output import console, table, text
 
 _JSON = typer.Option("--json", help="Print the JSON document.")
 _PF = typer.Argument(metavar="PF", help="PCI address, interface (enp59s0f0np0) or devlink handle "
@@ -20,7 +22,6 @@ vf_app = typer.Typer(
          "Examples: `passthru vf list`, `passthru vf count enp59s0f0np0 8 --autoprobe off`, "
          "`passthru vf set enp59s0f0np0 2 --mac 52:54:00:12:34:56 --vlan 100`, `passthru vf reset enp59s0f0np0 2`.",
     no_args_is_help=True, rich_markup_mode=None)
-app.add_typer(vf_app)
 
 
 def _onoff(value: Optional[str], name: str) -> Optional[bool]:
@@ -57,13 +58,13 @@ def vf_count(
     records) without --force. Examples: `passthru vf count 0000:3b:00.0 8 --autoprobe off`,
     `passthru vf count enp59s0f0np0 0 --force`, `passthru vf count enp59s0f0np0 --restore`.
     """
-    from .kinds.nic_vf.vfcount import count_vfs
+    from ..kinds.nic_vf.vfcount import count_vfs
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     out = count_vfs(c.host, c.paths, pf, n, force=force, autoprobe=_onoff(autoprobe, "--autoprobe"),
                     restore=restore, dry_run=dry_run)
     if as_json:
-        _emit_json(out.to_json())
+        emit_json(out.to_json())
         return
     what = {"changed": "now", "unchanged": "unchanged,", "dry-run": "would go"}[out.status]
     steps = f" ({', '.join(out.steps)})" if out.steps else ""
@@ -81,14 +82,14 @@ def vf_list(
 ) -> None:
     """VFs with address, driver, MAC/VLAN/QoS/spoof check/trust/link state/rates (netlink, on the live host) and
     representor. Examples: `passthru vf list`, `passthru vf list enp59s0f0np0 --json`."""
-    from .kinds.nic_vf import list_vfs
+    from ..kinds.nic_vf import list_vfs
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     doc = list_vfs(c.host, c.paths, pf)
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
         return
-    con = _console()
+    con = console()
     if not doc["pfs"]:
         con.print("no SR-IOV PFs on this host", markup=False)
     for p in doc["pfs"]:
@@ -100,25 +101,25 @@ def vf_list(
             con.print(f"  note: {p['note']}", markup=False)
         if not p["vfs"]:
             continue
-        t = _table(None, ["VF", "ADDRESS", "DRIVER", "MAC", "VLAN", "QOS", "SPOOFCHK", "TRUST", "LINK", "RATE",
+        t = table(None, ["VF", "ADDRESS", "DRIVER", "MAC", "VLAN", "QOS", "SPOOFCHK", "TRUST", "LINK", "RATE",
                           "REPRESENTOR", "NOTES"], drop=("REPRESENTOR", "RATE", "QOS", "LINK", "TRUST", "SPOOFCHK"))
         for v in p["vfs"]:
             onoff = {True: "on", False: "off", None: "-"}
             rate = "-" if v["max_tx_rate"] is None else f"{v['min_tx_rate'] or 0}-{v['max_tx_rate'] or 'max'}"
             notes = [f"iface {', '.join(v['netdevs'])}" if v["netdevs"] else "", "set by passthru" if v["recorded"]
                      else "", v["in_use"] or ""]
-            t.add_row(str(v["index"]), _s(v["address"]), _s(v["driver"]), _s(v["mac"]), _s(v["vlan"]),
-                      _s(v["qos"]), onoff[v["spoofchk"]], onoff[v["trust"]], _s(v["link_state"]), rate,
-                      _s(v["representor"]), "; ".join(x for x in notes if x) or "-")
+            t.add_row(str(v["index"]), text(v["address"]), text(v["driver"]), text(v["mac"]), text(v["vlan"]),
+                      text(v["qos"]), onoff[v["spoofchk"]], onoff[v["trust"]], text(v["link_state"]), rate,
+                      text(v["representor"]), "; ".join(x for x in notes if x) or "-")
         con.print(t)
 
 
 def _print_vf(out, as_json: bool) -> None:
     if as_json:
-        _emit_json(out.to_json())
+        emit_json(out.to_json())
         return
     if out.status == "dry-run":
-        from .kinds.nic_vf import ip_words
+        from ..kinds.nic_vf import ip_words
 
         for m in out.messages:  # one netlink message each; the same as these ip commands
             print(f"would set: ip link set {out.pf.netdev or out.pf.name} vf {m['vf']} {ip_words(m)}")
@@ -127,7 +128,7 @@ def _print_vf(out, as_json: bool) -> None:
     else:
         word = "restored" if out.status == "restored" else "set"
         shown = {k: v for k, v in (out.after or {}).items() if v is not None}
-        print(f"{out.pf}: VF {out.vf} {word}: " + ", ".join(f"{k} {_s(v)}" for k, v in shown.items()))
+        print(f"{out.pf}: VF {out.vf} {word}: " + ", ".join(f"{k} {text(v)}" for k, v in shown.items()))
         if out.status == "changed":
             print(f"  prior recorded ({', '.join(sorted(out.prior))}): `passthru vf reset {out.pf.name} {out.vf}`"
                   " puts it back")
@@ -156,9 +157,9 @@ def vf_set(
     `passthru vf set enp59s0f0np0 2 --mac 52:54:00:12:34:56 --vlan 100 --qos 3 --spoofchk on --trust off`,
     `passthru vf set 0000:3b:00.0 2 --rate-max 1000 --link-state enable`.
     """
-    from .kinds.nic_vf import set_vf
+    from ..kinds.nic_vf import set_vf
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     options = {"mac": mac, "vlan": vlan, "qos": qos, "spoofchk": _onoff(spoofchk, "--spoofchk"),
                "trust": _onoff(trust, "--trust"), "min_tx_rate": rate_min, "max_tx_rate": rate_max,
                "link_state": link_state}
@@ -175,9 +176,9 @@ def vf_reset(
 ) -> None:
     """Put back the VF settings passthru recorded before `passthru vf set`. Example: `passthru vf reset
     enp59s0f0np0 2`."""
-    from .kinds.nic_vf import reset_vf
+    from ..kinds.nic_vf import reset_vf
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     _print_vf(reset_vf(c.host, c.paths, pf, vf, dry_run=dry_run), as_json)
 
 
@@ -193,12 +194,12 @@ def vf_switchdev(
     """Set the PF's eswitch mode with devlink; in switchdev mode each VF gets a representor interface (found by
     phys_port_name pfNvfM). Examples: `passthru vf switchdev 0000:3b:00.0`, `passthru vf switchdev enp59s0f0np0
     --mode legacy`."""
-    from .kinds.nic_vf import switchdev
+    from ..kinds.nic_vf import switchdev
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     doc = switchdev(c.host, c.paths, pf, mode, force=force, dry_run=dry_run)
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
         return
     if doc["status"] == "dry-run":
         print("would run: " + " ".join(doc["command"]))
@@ -219,14 +220,14 @@ def vf_offload(
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Hardware offload of the virtual switch onto switchdev NICs. Example: `passthru vf offload --ovs`."""
-    from .kinds.nic_vf import offload_ovs
+    from ..kinds.nic_vf import offload_ovs
 
     if not ovs:
         raise UsageError("name the switch to offload: --ovs (Open vSwitch)")
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     doc = offload_ovs(c.host, c.paths, on=not off, dry_run=dry_run)
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
         return
     value = "true" if doc["after"] else "false"
     if doc["status"] == "dry-run":

@@ -1,4 +1,5 @@
-"""Shell completion scripts for ``passthru``, generated from the CLI's own command tree (``passthru completion SHELL``).
+"""Shell completion scripts for ``passthru``, generated from the CLI's own command tree, and the verb that prints
+them, ``passthru completion SHELL``.
 
 The scripts are static: every command, subcommand and option is written into them, so pressing TAB runs no Python
 (passthru starts in a fraction of a second, but a completion that waits for it feels slow), and a script printed by
@@ -16,10 +17,16 @@ Nothing is completed from the host (no PCI addresses or VM names): completion mu
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-__all__ = ["SHELLS", "script", "Node", "walk"]
+import typer
+
+from .. import __version__
+from ..errors import UsageError
+
+__all__ = ["SHELLS", "script", "Node", "walk", "completion"]
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -148,3 +155,18 @@ def script(shell: str, cmd: Any, version: str) -> str:
     """The completion script for ``shell`` (bash, zsh, fish) of the click command ``cmd``."""
     root = walk(cmd)
     return {"bash": _bash, "zsh": _zsh, "fish": _fish}[shell](root, version)
+
+
+def completion(
+    ctx: typer.Context,
+    shell: Annotated[str, typer.Argument(metavar="SHELL", help="bash, zsh or fish.")],
+) -> None:
+    """Print the shell completion script for passthru's commands and options.
+
+    Examples: `passthru completion bash > /etc/bash_completion.d/passthru`, `source <(passthru completion bash)`,
+    `passthru completion zsh > "${fpath[1]}/_passthru"`, `passthru completion fish >
+    ~/.config/fish/completions/passthru.fish`.
+    """
+    if shell not in SHELLS:
+        raise UsageError(f"no completion for {shell!r}; shells: {', '.join(SHELLS)}")
+    sys.stdout.write(script(shell, ctx.find_root().command, __version__))

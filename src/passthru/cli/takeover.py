@@ -1,4 +1,4 @@
-"""CLI verbs of device takeover: bind, restore, status, reconcile, apply-boot (registered on ``cli.app``)."""
+"""CLI verbs of device takeover: bind, restore, status, reconcile, apply-boot."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import _Ctx, _console, _emit_json, app
-from .errors import UsageError
+from ..service.session import Session
+from ..service.listings import emit_json
+from ..errors import UsageError
+from .output import console
 
 _JSON = typer.Option("--json", help="Print the JSON document.")
 
 
 def _print(out, as_json: bool) -> None:
     if as_json:
-        _emit_json(out.to_json())
+        emit_json(out.to_json())
         return
-    con = _console()
+    con = console()
     for d in out.devices:
         mate = f" (group mate of {d.mate_of})" if d.mate_of else ""
         move = f"{d.before or 'no driver'} -> {d.after or 'no driver'}"
@@ -31,15 +33,14 @@ def _print(out, as_json: bool) -> None:
 
 
 def _refused(e, as_json: bool) -> None:
-    from .vfio import RefusedError
+    from ..vfio import RefusedError
 
     if as_json and isinstance(e, RefusedError):
-        _emit_json({"schema": 1, "ok": False, "error": str(e),
+        emit_json({"schema": 1, "ok": False, "error": str(e),
                     "refusals": [{"address": r.address, "reason": r.reason, "override": r.override,
                                   "group_mate_of": r.via} for r in e.refusals]})
 
 
-@app.command()
 def bind(
     ctx: typer.Context,
     addresses: Annotated[list[str], typer.Argument(metavar="ADDRESS...", help="PCI addresses, e.g. 0000:42:00.0.")],
@@ -59,10 +60,10 @@ def bind(
     to its driver. Examples: `passthru bind 0000:86:00.0 --group`, `passthru bind 0000:5e:00.0 --persist`,
     `passthru bind 0000:86:00.0 --group --dry-run --json`.
     """
-    from .vfio import RefusedError
-    from .vfio import bind as do_bind
+    from ..vfio import RefusedError
+    from ..vfio import bind as do_bind
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     allow = frozenset(f for f, on in (("--force-netdev", force_netdev), ("--allow-boot-vga", allow_boot_vga)) if on)
     try:
         out = do_bind(c.host, c.paths, addresses, group=group, persist=persist, dry_run=dry_run, allow=allow)
@@ -72,7 +73,6 @@ def bind(
     _print(out, as_json)
 
 
-@app.command()
 def restore(
     ctx: typer.Context,
     addresses: Annotated[Optional[list[str]], typer.Argument(metavar="[ADDRESS...]")] = None,
@@ -85,31 +85,30 @@ def restore(
     A device's held IOMMU group mates go back with it. Examples: `passthru restore 0000:86:00.0`,
     `passthru restore --all`, `passthru restore --all --dry-run`.
     """
-    from .vfio import restore as do_restore
+    from ..vfio import restore as do_restore
 
     if bool(addresses) == all_:
         raise UsageError("name the devices to give back, or --all (not both)")
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     out = do_restore(c.host, c.paths, None if all_ else addresses, dry_run=dry_run)
     _print(out, as_json)
     if dry_run and not as_json:
-        _console().print("dry run: nothing was changed", markup=False)
+        console().print("dry run: nothing was changed", markup=False)
 
 
-@app.command()
 def status(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
     """What passthru holds (prior drivers, the driver now), and what is persisted for boot.
 
     Example: `passthru status --json`.
     """
-    from .vfio import status as do_status
+    from ..vfio import status as do_status
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     doc = do_status(c.host, c.paths)
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
         return
-    con = _console()
+    con = console()
     if not doc["held"] and not doc["persisted"] and not doc["operations"]:
         con.print("passthru holds no devices", markup=False)
     for op in doc["operations"]:
@@ -127,7 +126,6 @@ def status(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
             con.print(f"{p['address']}  persisted for boot, not held now (passthru apply-boot binds it)", markup=False)
 
 
-@app.command()
 def reconcile(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
     """Make the records agree with the kernel: finish or undo what an interrupted bind/restore/assign/release left
     (every IOMMU group whole), take assigned devices over again, put back leftovers. Exit 1 when something
@@ -135,14 +133,14 @@ def reconcile(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> No
 
     Example: `passthru reconcile`.
     """
-    from .service.reconcile import reconcile as do_reconcile
+    from ..service.reconcile import reconcile as do_reconcile
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     doc = do_reconcile(c, kernel=None)
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
     else:
-        con = _console()
+        con = console()
         for d in doc["devices"]:
             mate = f" (group mate of {d['group_mate_of']})" if d["group_mate_of"] else ""
             note = f": {d['note']}" if d["note"] else ""
@@ -162,18 +160,17 @@ def reconcile(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> No
         raise typer.Exit(1)
 
 
-@app.command("apply-boot")
 def apply_boot(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
     """Re-apply persisted bindings and re-create persisted vGPUs (run at boot by passthru-apply-boot.service,
     before networking and VMs)."""
-    from .service.vgpu import start_persisted
-    from .vfio import apply_boot as do_apply_boot
+    from ..service.vgpu import start_persisted
+    from ..vfio import apply_boot as do_apply_boot
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     out = do_apply_boot(c.host, c.paths)
     vgpus = start_persisted(c.host, c.paths)
     if as_json:
-        _emit_json({**out.to_json(), "vgpus": vgpus.to_json()})
+        emit_json({**out.to_json(), "vgpus": vgpus.to_json()})
     else:
         _print(out, False)
         for item in vgpus.items:
@@ -184,7 +181,6 @@ def apply_boot(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> N
         raise typer.Exit(1)
 
 
-@app.command()
 def units(
     ctx: typer.Context,
     install: Annotated[bool, typer.Option("--install", help="Write them to /etc/systemd/system and enable them.")] = False,
@@ -194,20 +190,20 @@ def units(
 
     Examples: `passthru units` (print them), `passthru units --install`.
     """
-    from .units import install_units, render_units
+    from ..units import install_units, render_units
 
-    c: _Ctx = ctx.obj
+    c: Session = ctx.obj
     if install:
         done = install_units(c.host, c.paths)
         if as_json:
-            _emit_json({"schema": 1, "units": [{"path": p, "status": s} for p, s in done]})
+            emit_json({"schema": 1, "units": [{"path": p, "status": s} for p, s in done]})
         else:
             for p, s in done:
                 print(f"{p}: {s}")
         return
     rendered = render_units(c.paths)
     if as_json:
-        _emit_json({"schema": 1, "units": [{"name": n, "text": t} for n, t in rendered.items()]})
+        emit_json({"schema": 1, "units": [{"name": n, "text": t} for n, t in rendered.items()]})
     else:
         for name, text in rendered.items():
             print(f"# {name}\n{text}")

@@ -28,9 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from ..service import vgpu as mdev
 from ..service.session import Session
 from ..service.listings import devices_doc, groups_doc, serial_doc, usb_doc
 from ..errors import PassthruError, UsageError
+from ..service.assign import open_store, release, sync
+from ..service.reconcile import reconcile as settle
 from .events import HotplugEvent, Watcher
 from .vms import vm_processes
 
@@ -197,10 +200,13 @@ class Agent:
     @property
     def store(self) -> Any:
         if self._store is None:
-            from ..service.assign import open_store
-
             self._store = open_store(self.session_factory())
         return self._store
+
+    def kernel_for(self, cls: type) -> Any:
+        """The injected kernel when it can do this job (a test double for fixture roots), else None (the real
+        one): a fake takeover kernel is no mdev or SR-IOV kernel."""
+        return self.kernel if isinstance(self.kernel, cls) else None
 
     def session(self) -> Session:
         s = self.session_factory()
@@ -208,6 +214,11 @@ class Agent:
         return s
 
     # -- the snapshot ---------------------------------------------------------------------------------------------
+    @property
+    def current(self) -> Snapshot | None:
+        """The snapshot as it is now, without building one (None before the first)."""
+        return self._snap
+
     def snapshot(self) -> Snapshot:
         snap = self._snap
         if snap is None:
@@ -220,8 +231,6 @@ class Agent:
 
     def refresh(self, reason: str) -> dict:
         """Discover the host, sync the store with it, and swap in the new snapshot. Returns what changed."""
-        from ..service.assign import sync
-
         with self._refresh_lock:
             t0 = time.monotonic()
             base = self.session()
@@ -323,9 +332,6 @@ class Agent:
 
     # -- reconcile ------------------------------------------------------------------------------------------------
     def reconcile(self, *, release_gone: bool | None = None, reason: str = "on demand") -> dict:
-        from ..service.assign import release
-        from ..service.reconcile import reconcile as settle
-
         release_gone = self.release_gone if release_gone is None else release_gone
         with self.write_lock:
             t0 = time.time()
@@ -377,15 +383,9 @@ class Agent:
             return report
 
     def _reapply_vgpu(self, errors: list[str]) -> dict | None:
-        """Re-create persisted vGPU (mdev) instances that are not live (``passthru vgpu start-persisted``), when
-        this passthru has the vGPU module."""
+        """Re-create persisted vGPU (mdev) instances that are not live (``passthru vgpu start-persisted``)."""
         try:
-            from ..service import vgpu as mdev
-        except ImportError:
-            return None
-        k = self.kernel if isinstance(self.kernel, mdev.MdevKernel) else None
-        try:
-            out = mdev.start_persisted(self.host, self.paths, kernel=k)
+            out = mdev.start_persisted(self.host, self.paths, kernel=self.kernel_for(mdev.MdevKernel))
         except UsageError as e:  # a fixture or captured root
             return {"skipped": str(e)}
         except PassthruError as e:
