@@ -5,6 +5,7 @@ QEMU is gone), hot-plug events, /metrics, the committed OpenAPI schema, and a sc
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import os
@@ -414,11 +415,11 @@ def test_16_concurrent_clients_never_get_the_same_device(host):
                         break
                     results["any"].append((i, [a["device"] for a in r.json()["assignments"]]))
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        # futures: an assertion or error in any client re-raises here (.result()), failing the test
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(client, i) for i in range(16)]
+            for f in futures:
+                f.result(timeout=120)
         statuses = sorted(s for _, s, _ in results["one"])
         assert statuses == [200] + [409] * 15, statuses
         winner = next(i for i, s, _ in results["one"] if s == 200)
