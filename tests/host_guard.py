@@ -38,19 +38,22 @@ def _under(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
-def _resolve(path: object, dir_fd: object = None) -> str | None:
+def _resolve(path: object, dir_fd: object = None, follow: bool = True) -> str | None:
     if isinstance(path, int) or path is None:
         return None  # an fd: whoever opened it was checked then
     p = os.fsdecode(path)  # type: ignore[arg-type]
     if not os.path.isabs(p):
         base = os.readlink(f"/proc/self/fd/{dir_fd}") if isinstance(dir_fd, int) else os.getcwd()
         p = os.path.join(base, p)
+    if not follow:  # the operation acts on the name itself (remove, rename, symlink...), not on a link's target
+        head, tail = os.path.split(os.path.normpath(p))
+        return os.path.join(os.path.realpath(head), tail)
     return os.path.realpath(p)
 
 
-def guarded(path: object, dir_fd: object = None) -> str | None:
+def guarded(path: object, dir_fd: object = None, follow: bool = True) -> str | None:
     """The resolved path when it is one a non-lab test may not change, else None."""
-    p = _resolve(path, dir_fd)
+    p = _resolve(path, dir_fd, follow)
     if p is None or not _under(p, GUARDED) or _under(p, ALLOWED):
         return None
     return p
@@ -102,23 +105,25 @@ def _check(event: str, args: tuple) -> str | None:
         path, _mode, flags = args
         if isinstance(flags, int) and flags & WRITE_FLAGS and (p := guarded(path)):
             return f"open for writing: {p}"
-    elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.chmod", "os.chown", "os.utime", "os.mknod", "os.mkfifo",
-                   "shutil.rmtree"):
+    elif event in ("os.chmod", "os.chown", "os.utime"):
+        if (p := guarded(args[0], args[-1])):
+            return f"{event}: {p}"
+    elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.mknod", "os.mkfifo", "shutil.rmtree"):
         dir_fd = args[-1] if event != "shutil.rmtree" else (args[1] if len(args) > 1 else None)
-        if (p := guarded(args[0], dir_fd)):
+        if (p := guarded(args[0], dir_fd, follow=False)):
             return f"{event}: {p}"
     elif event == "os.truncate":
         if (p := guarded(args[0])):
             return f"{event}: {p}"
     elif event == "os.rename":
         for path, dir_fd in ((args[0], args[2]), (args[1], args[3])):
-            if (p := guarded(path, dir_fd)):
+            if (p := guarded(path, dir_fd, follow=False)):
                 return f"{event}: {p}"
     elif event == "os.link":
-        if (p := guarded(args[1], args[3])):
+        if (p := guarded(args[1], args[3], follow=False)):
             return f"{event}: {p}"
     elif event == "os.symlink":
-        if (p := guarded(args[1], args[2])):
+        if (p := guarded(args[1], args[2], follow=False)):
             return f"{event}: {p}"
     elif event == "subprocess.Popen":
         return _cli_root_problem(args[1], args[3])

@@ -39,6 +39,9 @@ def test_reads_fixture_writes_and_the_allowed_devices_pass(tmp_path):
         (tmp_path / "sys" / "bus").mkdir(parents=True)
         (tmp_path / "sys" / "bus" / "x").write_text("1")
         os.rename(tmp_path / "sys" / "bus" / "x", tmp_path / "sys" / "bus" / "y")
+        (tmp_path / "fd").mkdir()
+        os.symlink("/dev/ttyS1", tmp_path / "fd" / "0")  # a fixture's /proc/<pid>/fd link: its name is ours
+        os.remove(tmp_path / "fd" / "0")
     assert e.seen == []
 
 
