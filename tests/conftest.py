@@ -1,8 +1,39 @@
-"""Shared fixtures: fake host roots (sysfs, procfs, dev) built under tmp_path; see tests/sysfs_fixtures.py."""
+"""Shared fixtures: fake host roots (sysfs, procfs, dev) built under tmp_path; see tests/sysfs_fixtures.py.
+
+Every test outside the lab runs under tests/host_guard.py: a write to the real /sys, /proc, /dev, /etc... or a
+passthru CLI subprocess aimed at the real root fails it."""
 
 import pytest
 
+import host_guard
 import sysfs_fixtures
+
+host_guard.install()
+
+
+def _guarded_phase(item: pytest.Item):
+    if item.get_closest_marker("lab") is not None:
+        return (yield)
+    with host_guard.active(item.nodeid) as guard:
+        result = yield
+    if guard.seen:
+        pytest.fail("\n".join(guard.seen), pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    return (yield from _guarded_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    return (yield from _guarded_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    return (yield from _guarded_phase(item))
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ QEMU is gone), hot-plug events, /metrics, the committed OpenAPI schema, and a sc
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import os
@@ -157,21 +158,36 @@ def test_a_stale_socket_is_replaced_and_a_file_is_not(host, tmp_path):
         AgentServer(app, Listen("unix", path=path)).open()
 
 
-def test_small_answers_on_a_kept_alive_connection_are_not_delayed(api):
+def test_accepted_connections_have_tcp_nodelay(api):
     """TCP_NODELAY on accepted sockets: without it every small answer on a keep-alive connection waits out the
-    client's delayed ACK (~40 ms)."""
+    client's delayed ACK (~40 ms). The server runs in this process, so its end of the connection is one of our
+    file descriptors; the latency itself is bench/keepalive.py."""
     import http.client
-    import statistics
+    import socket
 
     conn = http.client.HTTPConnection("127.0.0.1", api.base_url.port, timeout=30)
-    times = []
-    for _ in range(21):
-        t = time.perf_counter()
-        conn.request("GET", "/health")
-        conn.getresponse().read()
-        times.append(time.perf_counter() - t)
-    conn.close()
-    assert statistics.median(times[1:]) < 0.025, times
+    try:
+        for _ in range(3):
+            conn.request("GET", "/health")
+            r = conn.getresponse()
+            assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        client_end = conn.sock.getsockname()
+        server_ends = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                s = socket.socket(fileno=os.dup(int(fd)))
+            except OSError:
+                continue  # not a socket
+            try:
+                if s.family == socket.AF_INET and s.type == socket.SOCK_STREAM and s.getpeername() == client_end:
+                    server_ends.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            except OSError:
+                pass  # a listening or unconnected socket
+            finally:
+                s.close()
+    finally:
+        conn.close()
+    assert len(server_ends) == 1 and server_ends[0] != 0, server_ends
 
 
 def test_listen_forms():
@@ -414,11 +430,11 @@ def test_16_concurrent_clients_never_get_the_same_device(host):
                         break
                     results["any"].append((i, [a["device"] for a in r.json()["assignments"]]))
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        # futures: an assertion or error in any client re-raises here (.result()), failing the test
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(client, i) for i in range(16)]
+            for f in futures:
+                f.result(timeout=120)
         statuses = sorted(s for _, s, _ in results["one"])
         assert statuses == [200] + [409] * 15, statuses
         winner = next(i for i, s, _ in results["one"] if s == 200)
@@ -551,7 +567,9 @@ def _unplug_usb(b, port_path: str) -> None:
 
 def test_hotplug_events_update_the_inventory_live(host):
     events = QueueSource()
-    app = create_app(host.root, kernel=host.kernel, token=TOKEN, udev=events, debounce=0.1)
+    # debounce 0.5 s: the events below are put in a tight loop, but a loaded machine may pause this thread longer
+    # than 0.1 s between two of them and split the burst
+    app = create_app(host.root, kernel=host.kernel, token=TOKEN, udev=events, debounce=0.5)
     with serving(app) as (c, _):
         g = c.get("/health").json()["generation"]
         c.post("/assign", json={"vm": "vm1", "devices": ["usb:1-1.3"]}).raise_for_status()
@@ -578,10 +596,11 @@ def test_hotplug_events_update_the_inventory_live(host):
         # the ConnectX-5 port 0 goes from 8 VFs to 4
         pf = "0000:3b:00.0"
         vfs = next(d for d in doc["devices"] if d["id"] == pf)["vfs"]
-        for vf in vfs[4:]:
+        for vf in vfs[4:]:  # the kernel changes first, then sends its uevents (the refresh must see the new count)
             host.builder.remove_pci(vf)
-            events.put("remove", "pci", vf)
         Path(host.session.host.sys, "bus/pci/devices", pf, "sriov_numvfs").write_text("4\n")
+        for vf in vfs[4:]:
+            events.put("remove", "pci", vf)
         wait_generation(c, g2)
         doc = c.get("/devices").json()
         dev = next(d for d in doc["devices"] if d["id"] == pf)
@@ -653,26 +672,58 @@ def test_vf_endpoints(api, host):
     assert host.kernel.writes == []
 
 
-def test_kernel_uevents_reach_the_watcher():
-    """The live source: a "change" uevent (what `udevadm trigger` sends; nothing changes) on this machine's first PCI
-    device comes through pyudev's kernel netlink monitor to the debounced watcher."""
-    from passthru.agent.events import UdevSource, Watcher
+def test_udev_source_events_reach_the_watcher(monkeypatch):
+    """UdevSource reads pyudev's *kernel* netlink monitor (not udevd's), turns its devices into HotplugEvents (an
+    action-less device is a "change"), an ENOBUFS into OVERFLOW, and the debounced watcher gets them as one burst;
+    the monitor is stopped with the watcher. Here pyudev's monitor is a stand-in fed by hand; the real kernel's
+    uevents are tests/lab/test_lab_discovery.py::test_kernel_uevents_reach_the_watcher."""
+    import queue
+    from types import SimpleNamespace
 
-    devices = sorted(os.listdir("/sys/bus/pci/devices")) if os.path.isdir("/sys/bus/pci/devices") else []
-    if not devices or not os.access(f"/sys/bus/pci/devices/{devices[0]}/uevent", os.W_OK):
-        pytest.skip("no PCI device whose uevent this user may trigger")
+    import pyudev
+
+    from passthru.agent.events import OVERFLOW, HotplugEvent, UdevSource, Watcher
+
+    class Monitor:
+        def __init__(self) -> None:
+            self.q: queue.Queue = queue.Queue()
+            self.calls: list[str] = []
+
+        def start(self) -> None:
+            self.calls.append("start")
+
+        def stop(self) -> None:
+            self.calls.append("stop")
+
+        def poll(self, timeout: float):
+            try:
+                item = self.q.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    mon = Monitor()
+    sources: list[str] = []
+    monkeypatch.setattr(pyudev.Monitor, "from_netlink",
+                        staticmethod(lambda ctx, source="udev": (sources.append(source), mon)[1]))
     bursts: list = []
     got = threading.Event()
-    w = Watcher(UdevSource(), lambda evs: (bursts.append(evs), got.set()), debounce=0.05)
+    w = Watcher(UdevSource(), lambda evs: (bursts.append(evs), got.set()), debounce=0.5)
+    assert sources == ["kernel"] and mon.calls == ["start"]
+    mon.q.put(SimpleNamespace(action="change", subsystem="pci", sys_name="0000:01:00.0"))
+    mon.q.put(SimpleNamespace(action=None, subsystem="usb", sys_name="1-1.3"))
+    mon.q.put(SimpleNamespace(action="add", subsystem="block", sys_name="sda"))  # not relevant: dropped
+    mon.q.put(OSError(errno.ENOBUFS, "No buffer space available"))
     w.start()
     try:
-        deadline = time.monotonic() + 10
-        while not got.is_set() and time.monotonic() < deadline:
-            Path(f"/sys/bus/pci/devices/{devices[0]}/uevent").write_text("change")
-            got.wait(1)
+        assert got.wait(10), "no burst within 10 s"
     finally:
         w.stop()
-    assert any(("change", "pci", devices[0]) == (e.action, e.subsystem, e.name) for b in bursts for e in b), bursts
+    assert bursts == [[HotplugEvent("change", "pci", "0000:01:00.0"), HotplugEvent("change", "usb", "1-1.3"),
+                       OVERFLOW]]
+    assert mon.calls == ["start", "stop"]
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------

@@ -274,7 +274,9 @@ def test_1100_half_open_connections_do_not_lock_out_a_client(agent):
         t = time.perf_counter()
         st, _, body = get(agent.port, "/health")
         took = time.perf_counter() - t
-        assert st == 200 and json.loads(body)["status"] == "ok" and took < 1.0, took
+        # served by evicting a half-open connection, not after one of them hit the 10 s header timeout (a lockout);
+        # the latency itself is no test's business (a loaded machine took 1.05 s here)
+        assert st == 200 and json.loads(body)["status"] == "ok" and took < 5.0, took
         # at the limit (1000) each new connection closed the one that had waited longest for its headers
         assert all(closed_by_peer(s, 2) for s in socks[:100])
         assert not any(readable(s) for s in socks[-800:])

@@ -250,8 +250,8 @@ def test_schema_and_claim_queries_compile_for_postgresql():
 
 
 def _migrate_worker(url: str, barrier, results) -> None:
-    barrier.wait()
     try:
+        barrier.wait()
         results.put(Store(url).migrate())
     except Exception as e:  # noqa: BLE001 - reported to the parent
         results.put(f"{type(e).__name__}: {e}")
@@ -268,6 +268,7 @@ def test_concurrent_first_starts_migrate_once(tmp_path):
     got = [results.get(timeout=50) for _ in procs]
     for p in procs:
         p.join(10)
+    assert [p.exitcode for p in procs] == [0] * 4
     assert got == [LATEST] * 4
     assert [h["version"] for h in Store(url).schema_history()] == [1, 2, 3]
 
@@ -583,11 +584,14 @@ def test_audit_log_newest_first_with_actor(store):
 
 # -- 8 processes race for the last free devices ----------------------------------------------------------------------
 def _race_worker(url: str, n: int, barrier, results) -> None:
-    store = Store(url)
-    store.migrate()
     got, errors, final = [], [], None
+    try:
+        store = Store(url)
+        store.migrate()
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which fails the test
+        errors.append(f"{type(e).__name__}: {e}")
     barrier.wait()
-    while True:
+    while not errors:
         try:
             got.append(store.claim_any(f"vm{n}", kind="gpu").device)
         except ClaimError as e:
@@ -614,6 +618,7 @@ def test_eight_processes_race_for_twenty_gpus(tmp_path):
     out = [results.get(timeout=50) for _ in procs]
     for p in procs:
         p.join(10)
+    assert [p.exitcode for p in procs] == [0] * 8
     assert [e for _n, _g, _f, errs in out for e in errs] == []  # no "database is locked", nothing else
     claimed = [d for _n, got, _f, _e in out for d in got]
     assert len(claimed) == 20 and len(set(claimed)) == 20

@@ -9,7 +9,6 @@ import stat
 import struct
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -428,15 +427,10 @@ def test_big_tree_4096_functions():
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     root = Path(tempfile.mkdtemp(prefix="big_tree_", dir=base))
     try:
-        t0 = time.monotonic()
-        b = F.make_big_tree(root / "host", 4096)
-        elapsed = time.monotonic() - t0
+        b = F.make_big_tree(root / "host", 4096)  # its build time: bench/builder.py
         assert len(os.listdir(f"{b.root}/sys/bus/pci/devices")) == 4096 == len(b.functions)
         listed = parse_lspci(lspci(b.root, "-nnkD"))
         assert len(listed) == 4096 and sorted(listed) == sorted(b.functions)
         assert len({f.dom for f in b.functions.values()}) > 1 and len(b.groups) > 1000
-        print(f"big_tree(4096) built in {elapsed:.2f}s on {base or tempfile.gettempdir()}")
-        if base:
-            assert elapsed < 15, elapsed
     finally:
         shutil.rmtree(root, ignore_errors=True)
