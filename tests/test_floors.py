@@ -154,4 +154,4 @@ def test_the_checker_sees_circles_and_relative_imports():
     node = ast.parse("from ..host.root import HostRoot").body[0]
     assert _targets(node, "passthru.kinds.gpu", False)[-1] == "passthru.host.root"
     assert _targets(node, "passthru.kinds.vgpu", True)[-1] == "passthru.kinds.host.root"
-    assert floor("kinds/vgpu/instances.py") == 2 and floor("service/assign.py") == 4 and floor("cli.py") == 5
+    assert floor("kinds/vgpu/instances.py") == 2 and floor("service/assign.py") == 4 and floor("cli/entry.py") == 5 and floor("cli.py") is None
