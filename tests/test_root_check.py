@@ -16,6 +16,8 @@ from passthru.service.fastpath import fast_main
 from passthru.errors import UsageError
 from passthru.host.root import HostRoot
 
+from as_nobody import as_nobody
+
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
     rc = cli_main(list(argv))
@@ -78,22 +80,6 @@ def test_installing_units_into_an_image_root_needs_no_host_tree(capsys, bad_root
 def test_a_root_the_user_may_not_read_says_so(gpu_server):
     """As uid 65534, the fixture (under root's 0700 pytest directory) exists but cannot be read: the message says
     so and how, instead of claiming it does not exist."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (the child)
-        os.close(r)
-        msg = "ok"
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            HostRoot(gpu_server, check=True).check_tree()
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            msg = str(e)
-        os.write(w, msg.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        got = f.read()
-    os.waitpid(pid, 0)
-    assert got.startswith(f"host root {gpu_server} (--root / PASSTHRU_ROOT) cannot be read (Permission denied); "
-                          "run as root, or name a host tree"), got
+    got = as_nobody(lambda: HostRoot(gpu_server, check=True).check_tree())
+    assert got.startswith(f"UsageError: host root {gpu_server} (--root / PASSTHRU_ROOT) cannot be read "
+                          "(Permission denied); run as root, or name a host tree"), got

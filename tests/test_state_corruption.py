@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import sysfs_fixtures as fx
+from as_nobody import as_nobody
 from passthru.inventory.schema import LATEST
 from passthru.cli import main as cli_main
 from passthru.config import Paths
@@ -135,28 +136,6 @@ def test_list_names(tmp_path):
         list_names(str(tmp_path / "loop"))
 
 
-def _as_nobody(fn, *args) -> str:
-    """Run ``fn(*args)`` in a child process as uid/gid 65534 (root reads everything); its error, or "ok"."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (the child)
-        os.close(r)
-        msg = "ok"
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            fn(*args)
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            msg = f"{type(e).__name__}: {e}"
-        os.write(w, msg.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
 def test_an_unreadable_directory_names_the_fix(tmp_path):
     import tempfile
@@ -165,7 +144,7 @@ def test_an_unreadable_directory_names_the_fix(tmp_path):
     try:
         base.chmod(0o755)
         (base / "vfio").mkdir(mode=0o700)
-        got = _as_nobody(list_names, str(base / "vfio"))
+        got = as_nobody(list_names, str(base / "vfio"))
         assert got == (f"ConfigError: cannot read {base}/vfio (Permission denied): run as root, or pass "
                        "--state-dir / --config-dir")
     finally:
