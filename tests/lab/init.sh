@@ -15,6 +15,7 @@
 #   passthru.out=1          mount the 9p share "out" (read-write) at /lab-out
 #   passthru.loglevel=N     console log level after the root is up (default 3: only critical kernel messages)
 #   passthru.coldplug=0     do not load the drivers of the devices present at boot
+#   passthru.p9cache=MODE   9p cache mode of the read-only host root (default none)
 #
 # Markers (one line each on the console):
 #   PASSTHRU-LAB-END <nonce> rc=<N>          the command ran and exited with N
@@ -35,6 +36,7 @@ KEEP=
 OUT=0
 LOGLEVEL=3
 COLDPLUG=1
+P9CACHE=none
 for word in $(cat /proc/cmdline); do
     case "$word" in
         passthru.cmd=*) CMD="${word#*=}" ;;
@@ -44,6 +46,7 @@ for word in $(cat /proc/cmdline); do
         passthru.out=*) OUT="${word#*=}" ;;
         passthru.loglevel=*) LOGLEVEL="${word#*=}" ;;
         passthru.coldplug=*) COLDPLUG="${word#*=}" ;;
+        passthru.p9cache=*) P9CACHE="${word#*=}" ;;
     esac
 done
 
@@ -73,7 +76,7 @@ fi
 say "modules loaded"
 mkdir -p /lower /rw /newroot /keep
 tries=0
-until mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /lower 2>/dev/null; do
+until mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=$P9CACHE hostroot /lower 2>/dev/null; do
     tries=$((tries + 1))
     [ "$tries" -lt 20 ] || fail "cannot mount the 9p share hostroot (virtio/9p modules missing?)"
     sleep 0.2

@@ -14,7 +14,7 @@ The commands import the library they call inside their bodies, not at module top
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -25,7 +25,7 @@ from . import completion, devices, hooks, host, models, serve, store, takeover, 
 
 __all__ = ["app", "command", "main"]
 
-app = typer.Typer(
+_APP_SETTINGS: dict = dict(
     name="passthru",
     help=(
         "VM device passthrough for KVM/QEMU hosts: discover devices, check the host, take devices over for "
@@ -60,7 +60,6 @@ def _completion_hint(value: bool) -> None:
                          "/etc/bash_completion.d/passthru` (or zsh, fish; see `passthru completion --help`)")
 
 
-@app.callback()
 def global_options(
     ctx: typer.Context,
     root: Annotated[Optional[str], typer.Option(
@@ -82,52 +81,75 @@ def global_options(
 
 
 # commands, in the order `passthru --help` lists them (then the groups)
-app.command()(devices.devices)
-app.command()(devices.groups)
-app.command()(devices.usb)
-app.command()(devices.serial)
-app.command()(devices.show)
-app.command()(host.doctor)
-app.command()(host.prepare)
-app.command()(host.capture)
-app.command()(takeover.bind)
-app.command()(takeover.restore)
-app.command()(takeover.status)
-app.command()(takeover.reconcile)
-app.command("apply-boot")(takeover.apply_boot)
-app.command()(takeover.units)
-app.command()(vms.assign)
-app.command()(vms.release)
-app.command()(vms.assignments)
-app.command("qemu-args")(vms.qemu_args)
-app.command("libvirt-xml")(vms.libvirt_xml)
-app.command()(vms.attach)
-app.command()(vms.detach)
-app.command()(serve.serve)
-app.command()(completion.completion)
+COMMANDS: list[tuple[str, Callable[..., object]]] = [
+    ("devices", devices.devices), ("groups", devices.groups), ("usb", devices.usb), ("serial", devices.serial),
+    ("show", devices.show),
+    ("doctor", host.doctor), ("prepare", host.prepare), ("capture", host.capture),
+    ("bind", takeover.bind), ("restore", takeover.restore), ("status", takeover.status),
+    ("reconcile", takeover.reconcile), ("apply-boot", takeover.apply_boot), ("units", takeover.units),
+    ("assign", vms.assign), ("release", vms.release), ("assignments", vms.assignments),
+    ("qemu-args", vms.qemu_args), ("libvirt-xml", vms.libvirt_xml), ("attach", vms.attach), ("detach", vms.detach),
+    ("serve", serve.serve), ("completion", completion.completion),
+]
 # command groups, each with its subcommands
-app.add_typer(models.model_app)
-app.add_typer(vf.vf_app)
-app.add_typer(vgpu.vgpu_app)
-app.add_typer(store.store_app)
-app.add_typer(hooks.hooks_app)
+GROUPS: list[typer.Typer] = [models.model_app, vf.vf_app, vgpu.vgpu_app, store.store_app, hooks.hooks_app]
+# commands that need the whole tree even when named: completion prints a script of every command
+_WHOLE_TREE = {"completion"}
+_GLOBAL_WITH_VALUE = ("--root", "--config-dir", "--state-dir")
 
 
-_COMMAND = None
+def build_app(only: str | None = None) -> typer.Typer:
+    """The Typer app with every command, or with only the command (or group) ``only`` and the global options."""
+    built = typer.Typer(**_APP_SETTINGS)
+    built.callback()(global_options)
+    for name, fn in COMMANDS:
+        if only is None or only == name:
+            built.command(name)(fn)
+    for group in GROUPS:
+        if only is None or only == group.info.name:
+            built.add_typer(group)
+    return built
 
 
-def command():
-    """The click command behind ``app``, built once per process (building it costs more than most commands: a
-    process that runs several, like the agent's tests or the lab's crash driver, pays once)."""
-    global _COMMAND
-    if _COMMAND is None:
-        _COMMAND = typer.main.get_command(app)
-    return _COMMAND
+app = build_app()
+
+
+def _named_command(argv: list[str]) -> str | None:
+    """The command ``argv`` runs when it is one this CLI has (global options skipped), else None: help, version,
+    unknown words and anything unusual get the whole tree, so their output and errors stay the same."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _GLOBAL_WITH_VALUE:
+            i += 2
+        elif word.startswith(tuple(o + "=" for o in _GLOBAL_WITH_VALUE)):
+            i += 1
+        elif word.startswith("-"):
+            return None
+        else:
+            known = {n for n, _ in COMMANDS} | {str(g.info.name) for g in GROUPS}
+            return word if word in known and word not in _WHOLE_TREE else None
+    return None
+
+
+_COMMANDS: dict[str | None, object] = {}
+
+
+def command(only: str | None = None):
+    """The click command behind ``app`` (or behind the one-command app for ``only``), built once per process.
+
+    Building the click tree costs more than most commands (Typer inspects every parameter of every command: 2 of
+    the ~10 s a `passthru restore` took in the TCG lab guest, 0.075 s natively), so :func:`main` builds only the
+    command it runs; a process that runs several (the agent's tests, the lab's crash driver) pays once for each."""
+    if only not in _COMMANDS:
+        _COMMANDS[only] = typer.main.get_command(app if only is None else build_app(only))
+    return _COMMANDS[only]
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        rc = command()(args=argv, standalone_mode=False)
+        rc = command(_named_command(args))(args=args, standalone_mode=False)
     except PassthruError as e:
         print(f"passthru: {e}", file=sys.stderr)
         return e.exit_code

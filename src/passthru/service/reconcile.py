@@ -24,8 +24,8 @@ from .. import vfio
 from .session import Session
 from ..errors import PassthruError
 from ..host.iommu import is_vfio_driver
-from .assign import _hook_path, _undo_kind, finish_release, open_store, undo_assign
 from ..journal import journal_for
+from .kind_state import hook_path, undo_kind
 from ..kinds.vgpu import MdevStore, release_created
 from ..statefs import read_record
 
@@ -54,7 +54,12 @@ def reconcile(s: Session, *, kernel: Any = None, apply_persisted: bool = False) 
 def _operations(s: Session, kernel: Any, report: dict, errors: list[str]) -> None:
     journal = journal_for(s.paths.state_dir)
     orphans = journal.orphans("assign") + journal.orphans("release") + journal.orphans("vgpu.")
-    store = open_store(s) if orphans else None
+    if not orphans:
+        return
+    # the inventory (SQLAlchemy) only when there is something to settle: see _store
+    from .assign import finish_release, undo_assign
+
+    store = _store(s)
     for op in sorted(orphans, key=lambda o: o.id):
         item: dict[str, Any] = {"op": op.id, "kind": op.kind, "vm": op.get("vm"), "started": op.get("started")}
         problems: list[str] = []
@@ -100,8 +105,19 @@ def _finished(store: Any, op_id: str) -> bool:
 
 
 # -- 3. assignments against the kernel ------------------------------------------------------------------------------
+def _store(s: Session) -> Any:
+    """The inventory. Imported here, not at module top: a host with no inventory database (``bind`` / ``restore``
+    only) reconciles without loading SQLAlchemy, which was 6 of the 16 s a `passthru reconcile` took in the TCG
+    lab guest (`python -X importtime`)."""
+    from .assign import open_store
+
+    return open_store(s)
+
+
 def _assignments(s: Session, kernel: Any, report: dict, errors: list[str]) -> None:
-    store = open_store(s)
+    if not s.has_inventory():
+        return  # nothing is assigned
+    store = _store(s)
     live_ops = {d["id"] for d in journal_for(s.paths.state_dir).live()}
     active = store.assignments()
     # the host as it is now (the store's own view is synced by assign and by the agent); only when it is needed
@@ -144,9 +160,8 @@ def _assignments(s: Session, kernel: Any, report: dict, errors: list[str]) -> No
 
 # -- 4. leftovers ---------------------------------------------------------------------------------------------------
 def _leftovers(s: Session, kernel: Any, report: dict, errors: list[str]) -> None:
-    store = open_store(s)
-    active = store.assignments()
-    wanted = {_hook_path(s, a.vm, a.device) for a in active}
+    active = _store(s).assignments() if s.has_inventory() else []
+    wanted = {hook_path(s, a.vm, a.device) for a in active}
     base = os.path.join(s.paths.state_dir, "kind-state")
     for vm in _dirs(base):
         for name in _dirs(os.path.join(base, vm), files=True):
@@ -154,11 +169,11 @@ def _leftovers(s: Session, kernel: Any, report: dict, errors: list[str]) -> None
             if path in wanted or not name.endswith(".json"):
                 continue
             rec = read_record(path, "move it away")
-            ident = next((i for i in _idents(rec) if _hook_path(s, vm, i) == path), None)
+            ident = next((i for i in _idents(rec) if hook_path(s, vm, i) == path), None)
             try:
                 if ident is None:
                     raise PassthruError(f"{path}: cannot tell which device it is for; move it away")
-                _undo_kind(s, vm, ident)
+                undo_kind(s, vm, ident)
                 report["leftovers"].append({"vm": vm, "device": ident, "action": "settings put back"})
             except PassthruError as e:
                 errors.append(str(e))
