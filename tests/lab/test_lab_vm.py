@@ -10,6 +10,7 @@ import pytest
 from .guest import GuestRun, in_guest
 
 pytestmark = pytest.mark.lab
+BOOT = "vm"  # its own boot: NICs move to vfio-pci and into nested QEMUs
 
 NICS = r"""
 nics=(/sys/bus/pci/drivers/e1000e/0000:*)
@@ -49,7 +50,7 @@ passthru libvirt-xml vm1 > vm1.xml
 passthru assignments vm1 --json > assignments.json
 passthru release vm1 --restore --json > release.json
 drv $nic > driver.released
-""", timeout=240)
+""", boot=BOOT, timeout=240)
 def test_a_vm_started_from_qemu_args_sees_the_device(guest: GuestRun):
     guest.check()
     nic = guest.file("nic.txt").strip()
@@ -84,7 +85,7 @@ rc=0; passthru detach vm2 $nic --qmp $sock > again.out 2> again.err || rc=$?; ec
 kill $qpid; wait $qpid 2>/dev/null || true
 passthru restore $nic > /dev/null
 drv $nic > driver.end
-""", timeout=240)
+""", boot=BOOT, timeout=240)
 def test_attach_and_detach_over_qmp(guest: GuestRun):
     guest.check()
     nic = guest.file("nic.txt").strip()
