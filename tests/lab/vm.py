@@ -184,7 +184,19 @@ class Lab:
             image = ensure_built()
         except LabBuildError as e:
             raise LabError(f"lab build failed: {e}") from e
-        return cls(image, venv, qemu=qemu)
+        lab = cls(image, venv, qemu=qemu)
+        lab.compile_python()
+        return lab
+
+    def compile_python(self) -> None:
+        """Byte-compile the venv's passthru on the host (a second here) so that no guest compiles it under TCG, in
+        every boot, into its throw-away overlay: a fresh checkout has no __pycache__ until something imports it."""
+        code = "import compileall, os, passthru; compileall.compile_dir(os.path.dirname(passthru.__file__), quiet=1)"
+        try:
+            subprocess.run([str(self.venv / "bin" / "python"), "-c", code], check=True, timeout=300,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise LabError(f"cannot byte-compile passthru in {self.venv}: {e}") from e
 
     # ------------------------------------------------------------------------------------------- guest files
 
