@@ -20,7 +20,7 @@ PKG = Path(passthru.__file__).resolve().parent
 # Floors, low to high, by path under src/passthru. A module matching none fails test_every_module_has_a_floor.
 FLOORS: list[tuple[int, str]] = [
     # 0 facts and foundations: read-only host facts through HostRoot, errors, findings, names, state files, config
-    (0, r"^host/|^(errors|findings|names|statefs|config|journal|failpoints|discovery|lookup|capture)\.py$"),
+    (0, r"^host/|^(errors|findings|identity|names|statefs|config|journal|failpoints|discovery|lookup|capture)\.py$"),
     # 1 writers: every write to the kernel or a tool, one small class each (vfio binding is the model)
     (1, r"^vfio/|^writers/"),
     # 2 kinds (policy, checks, refusals), doctor and boot preparation

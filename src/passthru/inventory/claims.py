@@ -25,6 +25,7 @@ from sqlalchemy import (ColumnElement, Connection, RowMapping, Select, and_, bin
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import NotFoundError
+from ..identity import pci_address
 from .base import Assignment, ClaimError, now, write_audit
 from .schema import ACTIVE_STATES, assignments, devices, models
 
@@ -234,7 +235,7 @@ def insert_assignment(c: Connection, vm: str, vm_uuid: str | None, ident: str, d
     ts = now()
     state = "pending" if op else "reserved"
     op_id = op.get("id") if op else None
-    takeover = op.get("takeover") if op and ident.startswith("pci:") else None
+    takeover = op.get("takeover") if op and pci_address(ident) else None
     try:
         new_id = c.execute(_INSERT_ASSIGNMENT, {"vm": vm, "vm_uuid": vm_uuid, "device": ident, "state": state,
                                                 "created": ts, "updated": ts, "released": None, "op": op_id,

@@ -21,6 +21,7 @@ from ..discovery import Device, Inventory
 from ..errors import UsageError
 from ..findings import FAIL, PASS, SKIP, Finding, unreadable_fix
 from ..host.openfiles import OpenScan, char_devnum, describe, openers
+from ..identity import parse as parse_identity
 from ..host.root import HostRoot
 from ..host.serial import SerialPort
 from .base import DeviceKind, register
@@ -60,9 +61,9 @@ def check_assign(h: HostRoot, inv: Inventory, holders: dict[str, str | None], vm
     already holds is not scanned at assign (its QEMU may be the opener); at attach (``states`` given) a port still
     ``reserved`` is."""
     for ident in idents:
-        if not ident.startswith("serial:"):
+        if parse_identity(ident).bus != "serial":
             continue
-        port = next((p for p in inv.serial if p.device == ident[7:]), None)
+        port = next((p for p in inv.serial if p.device == parse_identity(ident).key), None)
         if port is None:
             continue
         if port.backing_bus == "usb" and port.backing_id:

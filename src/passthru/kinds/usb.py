@@ -25,6 +25,7 @@ from ..discovery import Device, Inventory
 from ..errors import UsageError
 from ..findings import PASS, WARN, Finding
 from ..host.root import HostRoot
+from ..identity import parse as parse_identity
 from ..host.serial import scan_serial
 from ..host.usb import UsbDevice, scan_usb
 from .base import DeviceKind, register
@@ -39,7 +40,7 @@ def replaced_audits(replaced: list[dict]) -> list[tuple[str, str, str, dict]]:
     (``Store.sync_devices()['replaced']``): the sync reports it once, the refusal must last until the VM lets go of
     the port, so the service records these."""
     return [(REPLACED, r["identity"], r["held_by"], {"old": r["old"], "new": r["new"]})
-            for r in replaced if r["identity"].startswith("usb:") and r.get("held_by")]
+            for r in replaced if parse_identity(r["identity"]).bus == "usb" and r.get("held_by")]
 
 
 def replaced_change(details: list[dict]) -> tuple[str, str] | None:
@@ -57,7 +58,7 @@ def check_assign(inv: Inventory, holders: dict[str, str | None], changed: Callab
     (``changed(identity)``: the inventory's answer, see :func:`replaced_change`; None for a port ``vm`` does not
     hold), and USB serial adapters whose tty is held. ``holders``: identity -> holder VM."""
     for ident in idents:
-        if not ident.startswith("usb:"):
+        if parse_identity(ident).bus != "usb":
             continue
         change = changed(ident)
         if change:
@@ -65,7 +66,7 @@ def check_assign(inv: Inventory, holders: dict[str, str | None], changed: Callab
                 f"{ident}: the device in this port changed since VM {vm!r} was given it ({change[0]} -> "
                 f"{change[1]}): release it (`passthru release {vm} {ident}`) and assign the port again if the VM "
                 "should have the new device, or plug the original back in")
-        port = ident[4:]
+        port = parse_identity(ident).key
         for p in inv.serial:
             tty = f"serial:{p.device}"
             if p.backing_bus == "usb" and p.backing_id == port and holders.get(tty):

@@ -19,6 +19,8 @@ from ..errors import NotFoundError, PassthruError, UsageError
 from ..failpoints import hit
 from ..host.iommu import is_vfio_driver
 from ..host.usage import host_uses
+from ..identity import parse as parse_identity
+from ..identity import pci_address
 from ..inventory.records import records_from
 from ..inventory.spec import Spec, parse_spec
 from ..inventory.store import Assignment, ClaimError, Store
@@ -106,7 +108,7 @@ def _kind_refusals(s: Session, store: Store, inv: Inventory, vm: str, idents: li
 
 
 def pci_addresses(identities: list[str]) -> list[str]:
-    return [i[4:] for i in identities if i.startswith("pci:")]
+    return [a for i in identities if (a := pci_address(i))]
 
 
 def _group_identities(inv: Inventory, address: str) -> list[str]:
@@ -176,10 +178,10 @@ def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], n
                 a = store.claim_any(vm, numa=numa, numa_policy=policy, vm_uuid=vm_uuid, op=op, **by)
             except ClaimError as e:
                 if aside:
-                    why = "; ".join(f"{x.device[4:]} ({use})" for x, use in aside)
+                    why = "; ".join(f"{parse_identity(x.device).key} ({use})" for x, use in aside)
                     raise ClaimError(f"{e}; skipped because the host uses them: {why}") from None
                 raise
-            use = _host_uses(inv, a.device[4:]) if a.device.startswith("pci:") else None
+            use = _host_uses(inv, addr) if (addr := pci_address(a.device)) else None
             if use:
                 aside.append((a, use))
                 continue
@@ -293,7 +295,7 @@ def _kept_groups(s: Session, inv: Inventory, named: set[str], keep: Collection[s
     kept: set[str] = set()
     for a in keep:
         group = _group_identities(inv, a)
-        clash = sorted(i[4:] for i in group if i[4:] in named and i[4:] not in keep)
+        clash = sorted(a for a in pci_addresses(group) if a in named and a not in keep)
         if clash:
             raise UsageError(f"{a} is bound by the VM manager (managed) and {clash[0]}, in the same IOMMU group, by "
                              "passthru: give both the same management (both managed, or neither)")
@@ -317,8 +319,8 @@ def _claim_all(s: Session, store: Store, inv: Inventory, vm: str, specs: list[Sp
         if spec.form in ("name", "usb-id"):
             a = _pick(store, inv, vm, spec, models, numa, numa_policy, vm_uuid, mark)
             claimed.append(a)
-            if a.device.startswith("pci:"):  # its group comes along
-                rest = [i for i in _group_identities(inv, a.device[4:]) if i != a.device]
+            if addr := pci_address(a.device):  # its group comes along
+                rest = [i for i in _group_identities(inv, addr) if i != a.device]
                 if rest:
                     claimed += store.claim(vm, rest, vm_uuid=vm_uuid, op=mark)
     return _dedupe(claimed)
@@ -377,8 +379,8 @@ class _NoFn:
 
 def _vfs_of(inv: Inventory, claimed: list[Assignment]) -> list[str]:
     """The SR-IOV VFs among the claims, for VF settings; UsageError when there is none."""
-    vfs = [a.device for a in claimed if a.device.startswith("pci:")
-           and (fn := inv.pci_function(a.device[4:])) is not None and fn.physfn]
+    vfs = [a.device for a in claimed if (addr := pci_address(a.device))
+           and (fn := inv.pci_function(addr)) is not None and fn.physfn]
     if not vfs:
         raise UsageError("VF settings (--mac, --vlan, ...) were given but none of the devices is an SR-IOV VF")
     return vfs

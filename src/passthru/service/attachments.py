@@ -16,6 +16,8 @@ from ..errors import UsageError
 from ..host.bars import largest_bar
 from ..host.pci import parse_address
 from ..host.root import HostRoot
+from ..identity import parse as parse_identity
+from ..identity import pci_address
 from ..vm.attachment import Attachment, check_rom, qdev_id
 
 __all__ = ["AttachOptions", "attachments_for"]
@@ -62,23 +64,23 @@ def _pci_attachments(h: HostRoot, addrs: list[str], kinds: dict[str, str], opts:
 def attachments_for(h: HostRoot, devices: list[dict], opts: AttachOptions | None = None) -> list[Attachment]:
     """Attachments for inventory device rows (``Store.devices()`` dicts of one VM's assignments)."""
     opts = opts or AttachOptions()
-    pci = [d["identity"][4:] for d in devices if d["identity"].startswith("pci:")]
-    kinds = {d["identity"][4:]: d["kind"] for d in devices if d["identity"].startswith("pci:")}
+    kinds = {addr: d["kind"] for d in devices if (addr := pci_address(d["identity"]))}
+    pci = list(kinds)
     unknown = (set(opts.x_vga) | set(opts.romfile) | set(opts.rombar_off)) - set(pci)
     if unknown:
         raise UsageError(f"{sorted(unknown)[0]}: options name a device the VM does not hold")
     out = _pci_attachments(h, pci, kinds, opts)
     for d in devices:
-        ident = d["identity"]
-        if ident.startswith("mdev:"):
-            out.append(Attachment("mdev", qdev_id("vgpu", ident[5:13]), "vgpu", mdev_uuid=ident[5:]))
-        elif ident.startswith("usb:"):
-            port_path = ident[4:]
+        ident = parse_identity(d["identity"])
+        if ident.bus == "mdev":
+            out.append(Attachment("mdev", qdev_id("vgpu", ident.key[:8]), "vgpu", mdev_uuid=ident.key))
+        elif ident.bus == "usb":
+            port_path = ident.key
             bus, _, port = port_path.partition("-")
             out.append(Attachment("usb", qdev_id("usb", port_path), d["kind"], usb_bus=int(bus), usb_port=port,
                                   usb_vendor_id=d.get("vendor_id"), usb_product_id=d.get("device_id")))
-        elif ident.startswith("serial:"):
-            path = ident[7:]
+        elif ident.bus == "serial":
+            path = ident.key
             out.append(Attachment("serial", qdev_id("ser", path.rsplit("/", 1)[-1]), "serial", serial_path=path,
                                   serial_bus=opts.serial_bus))
     return out

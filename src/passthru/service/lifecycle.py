@@ -24,6 +24,7 @@ from .session import Session
 from ..errors import NotFoundError, UsageError
 from ..host.pci import normalize_address
 from ..host.usb import scan_usb
+from ..identity import pci_address
 from .assign import AssignResult, assign, open_store, release
 from ..names import check_uuid, is_vm_name
 from ..vfio import Store as Holdings
@@ -89,8 +90,8 @@ def vm_stopped(s: Session, vm: str, *, kernel: object | None = None) -> list:
     if not held:
         return []
     holdings = {h.address: h for h in Holdings(s.paths).holdings()}
-    back = [a.device[4:] for a in held if a.device.startswith("pci:") and a.takeover == "vfio"
-            and a.device[4:] in holdings and not holdings[a.device[4:]].persist]
+    back = [addr for a in held if (addr := pci_address(a.device)) and a.takeover == "vfio"
+            and addr in holdings and not holdings[addr].persist]
     return release(s, vm, None, restore=back or False, kernel=kernel)
 
 

@@ -24,6 +24,8 @@ from .. import vfio
 from .session import Session
 from ..errors import PassthruError
 from ..host.iommu import is_vfio_driver
+from ..identity import parse as parse_identity
+from ..identity import pci_address
 from ..journal import journal_for
 from .kind_state import hook_path, undo_kind
 from ..kinds.vgpu import MdevStore, release_created
@@ -121,7 +123,7 @@ def _assignments(s: Session, kernel: Any, report: dict, errors: list[str]) -> No
     live_ops = {d["id"] for d in journal_for(s.paths.state_dir).live()}
     active = store.assignments()
     # the host as it is now (the store's own view is synced by assign and by the agent); only when it is needed
-    inv = s.inventory() if any(a.device.startswith("pci:") for a in active) else None
+    inv = s.inventory() if any(pci_address(a.device) for a in active) else None
     rebind: dict[str, tuple[str, str]] = {}
     for a in active:
         if a.state == "pending":
@@ -130,14 +132,15 @@ def _assignments(s: Session, kernel: Any, report: dict, errors: list[str]) -> No
                 report["assignments"].append({"vm": a.vm, "device": a.device, "action": "released",
                                               "why": "a pending claim of an operation that is gone"})
             continue
-        if a.device.startswith("mdev:") and not os.path.exists(f"{s.host.sys}/bus/mdev/devices/{a.device[5:]}"):
+        ident = parse_identity(a.device)
+        if ident.bus == "mdev" and not os.path.exists(f"{s.host.sys}/bus/mdev/devices/{ident.key}"):
             msg = (f"{a.device} held by VM {a.vm!r} is not on the host (re-create it with `passthru vgpu "
                    f"start-persisted`, or `passthru release {a.vm} {a.device}`)")
             report["assignments"].append({"vm": a.vm, "device": a.device, "action": "none", "why": msg})
             errors.append(msg)
-        if not a.device.startswith("pci:"):
+        if ident.bus != "pci":
             continue
-        addr = a.device[4:]
+        addr = ident.key
         fn = inv.pci_function(addr) if inv is not None else None
         if fn is None:
             msg = f"{addr} held by VM {a.vm!r} is gone from the host: `passthru release {a.vm} {addr}`"

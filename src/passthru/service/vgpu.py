@@ -17,6 +17,7 @@ import os
 
 from ..config import Paths
 from ..host.root import HostRoot
+from ..identity import pci_address
 from ..kinds.vgpu import SRIOV, VgpuOutcome, VgpuResult, list_vgpus, release_created, start_persisted, types_doc
 from ..kinds.vgpu import create as kind_create
 from ..kinds.vgpu import remove as kind_remove
@@ -38,7 +39,7 @@ def create(h: HostRoot, paths: Paths, parent: str | None, type_text: str, *, uui
         from .assign import assign  # the inventory, only when a VM is named (see the module's docstring)
 
         s = Session(h.base, paths.config_dir, paths.state_dir)
-        assign(s, res.vm or "", [res.identity[4:] if res.mode == SRIOV else res.identity], kernel=k)
+        assign(s, res.vm or "", [pci_address(res.identity) or res.identity if res.mode == SRIOV else res.identity], kernel=k)
 
     return kind_create(h, paths, parent, type_text, uuid=uuid, persist=persist, placement=placement, vm=vm,
                        claim=claim if vm is not None else None, dry_run=dry_run, kernel=kernel)

@@ -33,6 +33,7 @@ from ...host.root import HostRoot
 from ...config import Paths
 from ...discovery import Device
 from ...errors import HostError, PassthruError, UsageError
+from ...identity import pci_address
 from ...findings import Finding
 from ...host.pci import normalize_address
 from ...host.sriov import PfRef, resolve_pf
@@ -60,7 +61,7 @@ def vf_of(h: HostRoot, identity: str) -> tuple[PfRef, int]:
         if not pf_text or not n.isdigit():
             raise UsageError(f"{identity!r}: expected vf:PF:INDEX, e.g. vf:netdevsim/netdevsim1:0")
         return resolve_pf(h, pf_text), int(n)
-    addr = normalize_address(text[4:] if text.startswith("pci:") else text)
+    addr = normalize_address(pci_address(text) or text)
     d = f"{h.sys}/bus/pci/devices/{addr}"
     pf_addr = h.link_name(d + "/physfn")
     if pf_addr is None:
