@@ -42,8 +42,7 @@ def error_doc(e: PassthruError) -> tuple[int, dict]:
     status, code = error_status(e)
     doc: dict[str, Any] = {"code": code, "message": str(e)}
     if isinstance(e, RefusedError):
-        doc["refusals"] = [{"address": r.address, "reason": r.reason, "override": r.override,
-                            "group_mate_of": r.via} for r in e.refusals]
+        doc["refusals"] = e.refusals_json()
     return status, doc
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..service.session import Session
-from ..service.listings import emit_json
+from ..service.listings import emit_json, models_doc
 
 _JSON = typer.Option("--json", help="Print the JSON document.")
 model_app = typer.Typer(name="model", help="Custom PCI device types (models.toml): add, list, remove.",
@@ -35,11 +35,11 @@ def model_add(
 def model_list(ctx: typer.Context, as_json: Annotated[bool, _JSON] = False) -> None:
     """The custom models. Example: `passthru model list --json`."""
     c: Session = ctx.obj
-    models = [{"name": m.name, "vendor_id": f"{m.vendor_id:04x}", "device_id": f"{m.device_id:04x}",
-               "kind": m.kind, "description": m.description} for m in c.models()]
+    doc = models_doc(c.models())
     if as_json:
-        emit_json({"schema": 1, "models": models})
+        emit_json(doc)
         return
+    models = doc["models"]
     for m in models:
         print(f"{m['name']}  {m['vendor_id']}:{m['device_id']}  {m['kind']}  {m['description'] or ''}".rstrip())
     if not models:

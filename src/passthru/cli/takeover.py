@@ -36,9 +36,7 @@ def _refused(e, as_json: bool) -> None:
     from ..vfio import RefusedError
 
     if as_json and isinstance(e, RefusedError):
-        emit_json({"schema": 1, "ok": False, "error": str(e),
-                    "refusals": [{"address": r.address, "reason": r.reason, "override": r.override,
-                                  "group_mate_of": r.via} for r in e.refusals]})
+        emit_json({"schema": 1, "ok": False, "error": str(e), "refusals": e.refusals_json()})
 
 
 def bind(

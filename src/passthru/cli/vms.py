@@ -115,12 +115,12 @@ def assignments(
     as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """Who holds what. Example: `passthru assignments --json`."""
-    from ..service.assign import _assignment_json, open_store
+    from ..service.assign import assignment_json, open_store
 
     c: Session = ctx.obj
     rows = open_store(c).assignments(vm, active=not all_)
     if as_json:
-        emit_json({"schema": 1, "assignments": [_assignment_json(a) for a in rows]})
+        emit_json({"schema": 1, "assignments": [assignment_json(a) for a in rows]})
         return
     con = console()
     if not rows:

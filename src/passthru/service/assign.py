@@ -39,7 +39,8 @@ from .kind_state import hook_path as _hook_path  # reconcile and the dry runs im
 from .kind_state import undo_kind as _undo_kind
 from .session import Session
 
-__all__ = ["AssignResult", "open_store", "sync", "assign", "release", "pci_addresses", "undo_assign", "finish_release"]
+__all__ = ["AssignResult", "open_store", "sync", "assign", "release", "pci_addresses", "undo_assign", "finish_release",
+           "assignment_json"]
 
 
 @dataclass(slots=True)
@@ -53,12 +54,12 @@ class AssignResult:
 
     def to_json(self) -> dict:
         """A dry run's assignments have no id (the rehearsal that made them was rolled back)."""
-        rows = [_assignment_json(a) | ({"id": None} if self.dry_run else {}) for a in self.assignments]
+        rows = [assignment_json(a) | ({"id": None} if self.dry_run else {}) for a in self.assignments]
         doc = {"schema": 1, "vm": self.vm, "assignments": rows, "bound": self.bound}
         return doc | {"dry_run": True, "vf_settings": self.vfs} if self.dry_run else doc
 
 
-def _assignment_json(a: Assignment) -> dict:
+def assignment_json(a: Assignment) -> dict:
     return {"id": a.id, "vm": a.vm, "vm_uuid": a.vm_uuid, "device": a.device, "state": a.state,
             "created": a.created, "updated": a.updated, "released": a.released}
 

@@ -17,7 +17,8 @@ import sys
 from ..errors import UsageError
 from .session import Session
 
-__all__ = ["select_devices", "emit_json", "devices_doc", "groups_data", "groups_doc", "usb_doc", "serial_doc"]
+__all__ = ["select_devices", "emit_json", "devices_doc", "groups_data", "groups_doc", "usb_doc", "serial_doc",
+           "models_doc"]
 
 
 def emit_json(doc: Any) -> None:
@@ -73,3 +74,10 @@ def serial_doc(s: Session) -> dict[str, Any]:
     from ..render import SCHEMA, serial_json
 
     return {"schema": SCHEMA, "serial": [serial_json(p) for p in scan_serial(s.host)]}
+
+
+def models_doc(models: list) -> dict[str, Any]:
+    """The custom models (``config.load_models``) as ``passthru model list --json`` and ``GET /models`` show them."""
+    return {"schema": 1, "models": [{"name": m.name, "vendor_id": f"{m.vendor_id:04x}",
+                                     "device_id": f"{m.device_id:04x}", "kind": m.kind,
+                                     "description": m.description} for m in models]}

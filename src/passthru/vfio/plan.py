@@ -48,6 +48,11 @@ class RefusedError(UsageError):
         more = f" (and {len(refusals) - 1} more: see --json)" if len(refusals) > 1 else ""
         super().__init__(f"refusing to take over {first}{more}")
 
+    def refusals_json(self) -> list[dict]:
+        """The refusals as both faces show them (the CLI's ``--json``, the agent's 409 body)."""
+        return [{"address": r.address, "reason": r.reason, "override": r.override, "group_mate_of": r.via}
+                for r in self.refusals]
+
 
 @dataclass(slots=True)
 class TakeoverPlan:

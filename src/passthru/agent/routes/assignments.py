@@ -8,7 +8,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
 from ...service import assign as service
-from ...service.assign import _assignment_json
+from ...service.assign import assignment_json
 from ..schemas import AssignBody, AssignDoc, AssignmentsDoc, ReleaseBody, ReleaseDoc, VmName, error_responses
 from ..state import Agent
 
@@ -25,7 +25,7 @@ def add_reads(app: FastAPI, agent: Agent) -> None:
                     ) -> JSONResponse:
         rows = agent.store.assignments(vm, active=not all)
         vms = [v for v in agent.vm_status().values() if vm is None or v["vm"] == vm]
-        return JSONResponse({"schema": 1, "assignments": [_assignment_json(a) for a in rows], "vms": vms})
+        return JSONResponse({"schema": 1, "assignments": [assignment_json(a) for a in rows], "vms": vms})
 
 
 def add_writes(app: FastAPI, agent: Agent) -> None:

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from ... import config
+from ...service.listings import models_doc
 from ..schemas import ModelBody, ModelChangeDoc, ModelsDoc, Name, error_responses
 from ..state import Agent
 
@@ -18,10 +19,7 @@ def add_reads(app: FastAPI, agent: Agent) -> None:
     @app.get("/models", response_model=ModelsDoc, responses=error_responses(401), tags=["models"],
              summary="Custom device models (models.toml)")
     def models() -> JSONResponse:
-        ms = config.load_models(agent.paths.models_file)
-        return JSONResponse({"schema": 1, "models": [
-            {"name": m.name, "vendor_id": f"{m.vendor_id:04x}", "device_id": f"{m.device_id:04x}", "kind": m.kind,
-             "description": m.description} for m in ms]})
+        return JSONResponse(models_doc(config.load_models(agent.paths.models_file)))
 
 
 def add_writes(app: FastAPI, agent: Agent) -> None:
