@@ -16,7 +16,8 @@ from passthru.cli import main as cli_main
 from passthru.service.session import Session
 from passthru.errors import HostError, NotFoundError, UsageError
 from passthru.inventory import ClaimError
-from passthru.service.assign import assign, open_store, release
+from passthru.service.assign import assign, open_store
+from passthru.service.release import release
 from passthru.vfio import Store as Holdings
 
 

@@ -19,7 +19,8 @@ from fake_kernel import FakeKernel
 from passthru.cli import main as cli_main
 from passthru.service.session import Session
 from passthru.errors import UsageError
-from passthru.service.assign import assign, open_store, release
+from passthru.service.assign import assign, open_store
+from passthru.service.release import release
 from passthru.journal import journal_for
 from passthru.service.reconcile import reconcile
 from passthru.vfio import BOUND, Store as Holdings

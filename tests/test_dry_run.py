@@ -15,7 +15,8 @@ import sysfs_fixtures as fx
 from fake_kernel import FakeKernel
 from passthru.cli import main as cli_main
 from passthru.service.session import Session
-from passthru.service.assign import assign, open_store, release
+from passthru.service.assign import assign, open_store
+from passthru.service.release import release
 from passthru.vfio import restore
 from prepare_fixtures import snapshot
 

@@ -24,7 +24,8 @@ from passthru.errors import NotFoundError, UsageError
 from passthru.host.openfiles import describe, openers
 from passthru.host.root import HostRoot
 from passthru.inventory import ClaimError
-from passthru.service.assign import assign, open_store, release
+from passthru.service.assign import assign, open_store
+from passthru.service.release import release
 from passthru.service.hotplug import attach
 from passthru.kinds import KINDS, kind_for
 from passthru.lookup import resolve_device

@@ -468,7 +468,8 @@ def test_start_persisted_cli_with_nothing_defined(capsys, host):
 def test_a_vgpu_made_for_a_vm_is_assigned_and_goes_with_its_release(host):
     h, paths, k = host
     s = Session(h.base, paths.config_dir, paths.state_dir)
-    from passthru.service.assign import open_store, release
+    from passthru.service.assign import open_store
+    from passthru.service.release import release
 
     r = create(h, paths, T4, "nvidia-222", uuid=U1, vm="vm1", kernel=k)
     assert r.vm == "vm1" and MdevStore(paths).get(U1).vm == "vm1"
@@ -480,7 +481,7 @@ def test_a_vgpu_made_for_a_vm_is_assigned_and_goes_with_its_release(host):
     from passthru.service.assign import assign
 
     assign(s, "vm1", [f"mdev:{T4_UUID}"], kernel=k)
-    release(s, "vm1", kernel=k)  # the hook in service.assign.release
+    release(s, "vm1", kernel=k)  # the hook in service.release.release
     assert not live(h, U1) and live(h, T4_UUID) and MdevStore(paths).records() == []
     assert avail(h, T4, "nvidia-222") == 16
     assert release_created(h, paths, "vm1", [f"mdev:{U1}", f"mdev:{T4_UUID}"], kernel=k) == []  # nothing left
@@ -544,7 +545,8 @@ def test_kind_checks_capacity_and_untyped_vfs(host):
 def test_an_sriov_vgpu_made_for_a_vm_is_a_pci_assignment_and_its_type_goes_back_on_release(host):
     h, paths, k = host
     s = Session(h.base, paths.config_dir, paths.state_dir)
-    from passthru.service.assign import open_store, release
+    from passthru.service.assign import open_store
+    from passthru.service.release import release
 
     r = create(h, paths, A100, "A100-8C", vm="vm1", kernel=k)
     assert (r.id, r.identity) == (VF0, f"pci:{VF0}") and vgpu_type(h, VF0) == "560"

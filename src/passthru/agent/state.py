@@ -32,7 +32,8 @@ from ..service import vgpu as mdev
 from ..service.session import Session
 from ..service.listings import devices_doc, groups_doc, serial_doc, usb_doc
 from ..errors import PassthruError, UsageError
-from ..service.assign import open_store, release, sync
+from ..service.assign import open_store, sync
+from ..service.release import release
 from ..service.reconcile import reconcile as settle
 from .events import HotplugEvent, Watcher
 from .vms import vm_processes

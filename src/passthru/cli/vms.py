@@ -81,7 +81,7 @@ def release(
     """Take devices away from a VM's record (all of them, or the SPECs). Examples: `passthru release vm1`,
     `passthru release vm1 0000:86:00.0 --restore`, `passthru release vm1 --restore --dry-run`."""
     from ..service.dryrun import plan_release
-    from ..service.assign import release as do_release
+    from ..service.release import release as do_release
 
     c: Session = ctx.obj
     if dry_run:

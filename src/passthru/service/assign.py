@@ -28,7 +28,6 @@ from ..journal import journal_for
 from ..kinds import kind_for
 from ..kinds import serial as serial_kind
 from ..kinds import usb as usb_kind
-from ..kinds.vgpu import release_created  # vGPUs made for a VM (`vgpu create --vm`) go when it releases them
 from ..names import check_uuid, check_vm
 from ..vfio import Store as Holdings
 from ..vfio import bind as vfio_bind
@@ -39,8 +38,8 @@ from .kind_state import hook_path as _hook_path  # reconcile and the dry runs im
 from .kind_state import undo_kind as _undo_kind
 from .session import Session
 
-__all__ = ["AssignResult", "open_store", "sync", "assign", "release", "pci_addresses", "undo_assign", "finish_release",
-           "assignment_json"]
+__all__ = ["AssignResult", "open_store", "sync", "assign", "pci_addresses", "undo_assign", "assignment_json",
+           "group_identities"]
 
 
 @dataclass(slots=True)
@@ -112,7 +111,7 @@ def pci_addresses(identities: list[str]) -> list[str]:
     return [a for i in identities if (a := pci_address(i))]
 
 
-def _group_identities(inv: Inventory, address: str) -> list[str]:
+def group_identities(inv: Inventory, address: str) -> list[str]:
     """The device and the other endpoints of its IOMMU group: they go to a VM together."""
     mates = [f.address for f in inv.group_mates(address) if not f.is_bridge]
     return [f"pci:{a}" for a in [address, *sorted(mates)]]
@@ -126,7 +125,7 @@ def _resolve(inv: Inventory, store: Store, spec: Spec) -> list[str]:
             raise NotFoundError(f"{spec.value}: no such PCI device on this host (`passthru devices` lists them)")
         if fn.is_bridge:
             raise UsageError(f"{spec.value} is a PCI bridge/port: assign the devices behind it")
-        return _group_identities(inv, spec.value)
+        return group_identities(inv, spec.value)
     if spec.form in ("usb-port", "serial", "mdev"):
         ident = spec.identity
         known = {d["identity"]: d for d in store.devices()}
@@ -295,7 +294,7 @@ def _kept_groups(s: Session, inv: Inventory, named: set[str], keep: Collection[s
     group with one device kept and another named to be bound here is refused: one side would undo the other."""
     kept: set[str] = set()
     for a in keep:
-        group = _group_identities(inv, a)
+        group = group_identities(inv, a)
         clash = sorted(a for a in pci_addresses(group) if a in named and a not in keep)
         if clash:
             raise UsageError(f"{a} is bound by the VM manager (managed) and {clash[0]}, in the same IOMMU group, by "
@@ -321,7 +320,7 @@ def _claim_all(s: Session, store: Store, inv: Inventory, vm: str, specs: list[Sp
             a = _pick(store, inv, vm, spec, models, numa, numa_policy, vm_uuid, mark)
             claimed.append(a)
             if addr := pci_address(a.device):  # its group comes along
-                rest = [i for i in _group_identities(inv, addr) if i != a.device]
+                rest = [i for i in group_identities(inv, addr) if i != a.device]
                 if rest:
                     claimed += store.claim(vm, rest, vm_uuid=vm_uuid, op=mark)
     return _dedupe(claimed)
@@ -392,68 +391,3 @@ def _dedupe(items: list[Assignment]) -> list[Assignment]:
     for a in items:
         seen.setdefault(a.device, a)
     return list(seen.values())
-
-
-def release(s: Session, vm: str, texts: list[str] | None = None, *, restore: bool | list[str] = False,
-            kernel: object | None = None) -> list[Assignment]:
-    """Release the VM's devices (all, or those ``texts`` name; a PCI device's group mates go too). With
-    ``restore``, PCI devices go back to their host drivers (a list: only those addresses); otherwise they stay on
-    vfio-pci for the next VM.
-    Journaled: a release interrupted by a kill is finished by reconcile."""
-    store = open_store(s)
-    idents = _to_release(s, store, vm, texts)
-    with journal_for(s.paths.state_dir).begin("release", vm=vm, devices=idents, restore=restore) as op:
-        hit("release.intent")
-        return finish_release(s, store, op.doc, kernel=kernel)
-
-
-def _to_release(s: Session, store: Store, vm: str, texts: list[str] | None) -> list[str]:
-    check_vm(vm)
-    held = {a.device: a for a in store.assignments(vm)}
-    if not held:
-        raise NotFoundError(f"VM {vm!r} holds no devices (`passthru assignments` lists who holds what)")
-    return list(held) if texts is None else _held(s, store, vm, held, texts)
-
-
-def finish_release(s: Session, store: Store, doc: dict, *, kernel: object | None = None) -> list[Assignment]:
-    """The steps of a release (its journal record ``doc``), each idempotent so that reconcile can run them again
-    after a kill: a kind's settings put back, the holding released, PCI devices back to their drivers (with
-    ``restore``), vGPUs made for the VM removed."""
-    vm, idents = str(doc["vm"]), [str(i) for i in doc.get("devices") or []]
-    active = {a.device for a in store.assignments(vm)}
-    out: list[Assignment] = []
-    for ident in idents:
-        _undo_kind(s, vm, ident)  # a VF's settings back as they were before the VM got it
-        if ident in active:
-            out += store.release(vm, ident)
-            hit("release.released")
-    want = doc.get("restore")
-    if want:
-        mine = {h.address for h in Holdings(s.paths).holdings()}
-        addrs = [a for a in pci_addresses(idents) if a in mine and (want is True or a in want)]
-        if addrs:
-            vfio_restore(s.host, s.paths, addrs, kernel=kernel)  # type: ignore[arg-type]
-    store.audit("release", None, vm, {"devices": idents, "restored": bool(doc.get("restore")), "op": doc.get("id")})
-    release_created(s.host, s.paths, vm, idents, kernel=kernel)  # type: ignore[arg-type]
-    return out
-
-
-def _held(s: Session, store: Store, vm: str, held: dict[str, Assignment], texts: list[str]) -> list[str]:
-    """The identities ``texts`` name among what ``vm`` holds (a PCI address brings its held group mates)."""
-    idents: list[str] = []
-    for spec in (parse_spec(t) for t in texts):
-        if spec.form == "pci":
-            want = [i for i in _group_identities(s.inventory(), spec.value) if i in held] or [f"pci:{spec.value}"]
-        elif spec.identity:
-            want = [spec.identity]
-        else:
-            want = [d for d in held if _matches(store, d, spec)]
-        if not want or any(w not in held for w in want):
-            raise NotFoundError(f"{spec.text}: VM {vm!r} does not hold it (it holds {', '.join(sorted(held))})")
-        idents += [w for w in want if w not in idents]
-    return idents
-
-
-def _matches(store: Store, identity: str, spec: Spec) -> bool:
-    d = next((x for x in store.devices() if x["identity"] == identity), None)
-    return d is not None and d["kind"] == spec.value

@@ -12,7 +12,8 @@ import os
 from .session import Session
 from ..vfio import Store as Holdings
 from ..vfio import restore as vfio_restore
-from .assign import _hook_path, _to_release, open_store, pci_addresses
+from .assign import _hook_path, open_store, pci_addresses
+from .release import to_release
 
 __all__ = ["plan_release"]
 
@@ -25,7 +26,7 @@ def plan_release(s: Session, vm: str, texts: list[str] | None = None, *, restore
 
     store = open_store(s, dry_run=True)
     with store.rehearsal():
-        idents = _to_release(s, store, vm, texts)
+        idents = to_release(s, store, vm, texts)
     moves = []
     if restore:
         mine = {h.address for h in Holdings(s.paths).holdings()}

@@ -14,7 +14,8 @@ from ..kinds.vgpu import release_created  # vGPUs made for this VM (`vgpu create
 from ..names import check_vm
 from ..vm.qmp import attach as qmp_attach
 from ..vm.qmp import detach as qmp_detach
-from .assign import _held, _kind_refusals, _undo_kind, assign, open_store, sync
+from .assign import _kind_refusals, _undo_kind, assign, open_store, sync
+from .release import held_identities
 from .attachments import attachments_for
 from .session import Session
 
@@ -89,11 +90,11 @@ def attach(s: Session, vm: str, texts: list[str], socket: str, *, port: str | No
     before = set(held)
     try:
         try:
-            idents = _held(s, store, vm, held, texts)
+            idents = held_identities(s, store, vm, held, texts)
         except NotFoundError:
             assign(s, vm, texts, kernel=kernel)
             held = {a.device: a for a in store.assignments(vm)}
-            idents = _held(s, store, vm, held, texts)
+            idents = held_identities(s, store, vm, held, texts)
         # kinds: what is plugged in / open now, not what was when the VM got it (a re-plugged USB port, a getty)
         _kind_refusals(s, store, sync(s, store), vm, idents, attach=True)
         out = []
@@ -126,7 +127,7 @@ def detach(s: Session, vm: str, texts: list[str], socket: str, *, keep: bool = F
     check_qmp_socket(socket)
     store = open_store(s)
     held = {a.device: a for a in store.assignments(vm)}
-    idents = _held(s, store, vm, held, texts)
+    idents = held_identities(s, store, vm, held, texts)
     out = []
     for att in _attachments_of(s, store, idents, vm):
         res = qmp_detach(socket, att)

@@ -25,7 +25,8 @@ from ..errors import NotFoundError, UsageError
 from ..host.pci import normalize_address
 from ..host.usb import scan_usb
 from ..identity import pci_address
-from .assign import AssignResult, assign, open_store, release
+from .assign import AssignResult, assign, open_store
+from .release import release
 from ..names import check_uuid, is_vm_name
 from ..vfio import Store as Holdings
 from ..vm.domain import HostDevice, parse_domain

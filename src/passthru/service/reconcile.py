@@ -59,7 +59,8 @@ def _operations(s: Session, kernel: Any, report: dict, errors: list[str]) -> Non
     if not orphans:
         return
     # the inventory (SQLAlchemy) only when there is something to settle: see _store
-    from .assign import finish_release, undo_assign
+    from .assign import undo_assign
+    from .release import finish_release
 
     store = _store(s)
     for op in sorted(orphans, key=lambda o: o.id):

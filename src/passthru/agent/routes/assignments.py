@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from ...service import assign as service
 from ...service.assign import assignment_json
+from ...service.release import release as release_devices
 from ..schemas import AssignBody, AssignDoc, AssignmentsDoc, ReleaseBody, ReleaseDoc, VmName, error_responses
 from ..state import Agent
 
@@ -42,6 +43,6 @@ def add_writes(app: FastAPI, agent: Agent) -> None:
     @app.post("/release", response_model=ReleaseDoc, responses=error_responses(400, 401, 404, 413, 422, 500),
               tags=["assignments"], summary="Take devices away from a VM (all, or those named)")
     def release(body: ReleaseBody) -> JSONResponse:
-        out = agent.write(lambda s: service.release(s, body.vm, body.devices, restore=body.restore,
+        out = agent.write(lambda s: release_devices(s, body.vm, body.devices, restore=body.restore,
                                                     kernel=agent.kernel), refresh="release")
         return JSONResponse({"schema": 1, "vm": body.vm, "released": [a.device for a in out]})
