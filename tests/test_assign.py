@@ -18,7 +18,7 @@ from passthru.errors import HostError, NotFoundError, UsageError
 from passthru.inventory import ClaimError
 from passthru.service.assign import assign, open_store
 from passthru.service.release import release
-from passthru.vfio import Store as Holdings
+from passthru.vfio import Holdings
 
 
 @pytest.fixture

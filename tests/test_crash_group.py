@@ -17,7 +17,7 @@ from fake_kernel import FakeKernel
 from passthru.config import Paths
 from passthru.host.root import HostRoot
 from passthru.journal import Journal
-from passthru.vfio import BOUND, Store, bind, reconcile, restore
+from passthru.vfio import BOUND, Holdings, bind, reconcile, restore
 
 GPU, AUDIO = "0000:86:00.0", "0000:86:00.1"  # gpu_server: nouveau + snd_hda_intel, IOMMU group 38
 GROUP = [GPU, AUDIO]
@@ -30,7 +30,7 @@ def _host(tmp_path: Path) -> tuple[HostRoot, Paths, FakeKernel]:
 
 def _side(h: HostRoot, paths: Paths, k: FakeKernel) -> str:
     """'vfio' or 'host' when the whole group is on one side; AssertionError naming the split otherwise."""
-    held = {r.address: r for r in Store(paths).holdings()}
+    held = {r.address: r for r in Holdings(paths).holdings()}
     sides = {}
     for a in GROUP:
         drv = k.driver_of(a)
@@ -105,7 +105,7 @@ def test_a_running_operation_is_left_alone(tmp_path):
     """An intent whose process still runs (its lock held) is not touched by reconcile; once the process is gone
     it is settled."""
     h, paths, k = _host(tmp_path)
-    j = Store(paths).journal
+    j = Holdings(paths).journal
     op = j.begin("vfio.bind", members=[{"address": GPU, "vendor_id": "10de", "device_id": "1b06",
                                          "iommu_group": 38, "prior_driver": "nouveau", "prior_override": None}])
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); from passthru.journal import Journal; "

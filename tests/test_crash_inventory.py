@@ -23,7 +23,7 @@ from passthru.service.assign import assign, open_store
 from passthru.service.release import release
 from passthru.journal import journal_for
 from passthru.service.reconcile import reconcile
-from passthru.vfio import BOUND, Store as Holdings
+from passthru.vfio import BOUND, Holdings
 from passthru.vfio import restore
 
 GPU, AUDIO = "0000:86:00.0", "0000:86:00.1"

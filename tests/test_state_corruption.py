@@ -26,7 +26,7 @@ from passthru.errors import ConfigError
 from passthru.kinds.vgpu import MdevStore, Record
 from passthru.statefs import (FileLock, append_line, list_names, open_nofollow, read_record, write_atomic,
                               write_if_changed)
-from passthru.vfio import Store as Holdings
+from passthru.vfio import Holdings
 
 
 def one_line_exit_2(rc: int, err: str, *names: str) -> str:

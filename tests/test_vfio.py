@@ -17,7 +17,7 @@ from passthru.cli import main as cli_main
 from passthru.config import Paths
 from passthru.errors import HostError, NotFoundError, UsageError
 from passthru.host.root import HostRoot
-from passthru.vfio import BOUND, RefusedError, Store, apply_boot, bind, reconcile, restore, status
+from passthru.vfio import BOUND, Holdings, RefusedError, apply_boot, bind, reconcile, restore, status
 
 GPU, AUDIO = "0000:86:00.0", "0000:86:00.1"  # gpu_server: GTX 1080 Ti on nouveau + HDMI audio, IOMMU group 38
 BOOT_VGA = "0000:02:00.0"
@@ -43,7 +43,7 @@ def test_a_gpu_alone_is_refused_naming_its_audio_function(host):
     with pytest.raises(RefusedError) as e:
         bind(h, paths, [GPU], kernel=k)
     assert f"shares IOMMU group 38 with {AUDIO} (snd_hda_intel)" in str(e.value) and "--group" in str(e.value)
-    assert k.writes == [] and driver(h, GPU) == "nouveau" and Store(paths).holdings() == []
+    assert k.writes == [] and driver(h, GPU) == "nouveau" and Holdings(paths).holdings() == []
 
 
 def test_group_bind_then_restore(host):
@@ -53,14 +53,14 @@ def test_group_bind_then_restore(host):
         (GPU, "nouveau", "vfio-pci", "changed", None), (AUDIO, "snd_hda_intel", "vfio-pci", "changed", GPU)]
     assert driver(h, GPU) == driver(h, AUDIO) == "vfio-pci" and override(h, GPU) == "vfio-pci"
     assert os.path.exists(f"{h.dev}/vfio/38")
-    held = {r.address: r for r in Store(paths).holdings()}
+    held = {r.address: r for r in Holdings(paths).holdings()}
     assert held[GPU].prior_driver == "nouveau" and held[AUDIO].prior_driver == "snd_hda_intel"
     assert {r.phase for r in held.values()} == {BOUND} and held[GPU].iommu_group == 38
     # the exact kernel protocol, never new_id
     assert k.writes[:3] == [(f"/bus/pci/devices/{GPU}/driver_override", "vfio-pci"),
                             (f"/bus/pci/drivers/nouveau/unbind", GPU), ("/bus/pci/drivers_probe", GPU)]
     assert not any("new_id" in w[0] for w in k.writes)
-    audit = list(Store(paths).audit_entries())
+    audit = list(Holdings(paths).audit_entries())
     assert [(a["action"], a["device"], a["before"], a["after"]) for a in audit] == [
         ("bind", GPU, "nouveau", "vfio-pci"), ("bind", AUDIO, "snd_hda_intel", "vfio-pci")]
     assert audit[0]["caller"]["pid"] == os.getpid()
@@ -74,7 +74,7 @@ def test_group_bind_then_restore(host):
         (GPU, "nouveau", "restored"), (AUDIO, "snd_hda_intel", "restored")]
     assert back.devices[1].mate_of == GPU
     assert override(h, GPU) == "(null)" and override(h, AUDIO) == "(null)"
-    assert not os.path.exists(f"{h.dev}/vfio/38") and Store(paths).holdings() == []
+    assert not os.path.exists(f"{h.dev}/vfio/38") and Holdings(paths).holdings() == []
 
 
 def test_dry_run_changes_nothing(host):
@@ -126,8 +126,8 @@ def test_a_failing_write_rolls_every_device_back(host):
     assert f"{AUDIO}: unbinding from snd_hda_intel" in msg and "in use" in msg and "back on its prior driver" in msg
     assert driver(h, GPU) == "nouveau" and driver(h, AUDIO) == "snd_hda_intel"
     assert override(h, GPU) == "(null)" and override(h, AUDIO) == "(null)"
-    assert Store(paths).holdings() == [] and not os.path.exists(f"{h.dev}/vfio/38")
-    assert [a["action"] for a in Store(paths).audit_entries()] == ["bind", "bind", "restore", "restore"]
+    assert Holdings(paths).holdings() == [] and not os.path.exists(f"{h.dev}/vfio/38")
+    assert [a["action"] for a in Holdings(paths).audit_entries()] == ["bind", "bind", "restore", "restore"]
 
 
 def test_vfio_pci_that_never_binds_times_out_and_rolls_back(host):
@@ -135,7 +135,7 @@ def test_vfio_pci_that_never_binds_times_out_and_rolls_back(host):
     k.stubborn.add(GPU)
     with pytest.raises(HostError, match=f"{GPU}: waiting for vfio-pci and /dev/vfio/<group>: not done after"):
         bind(h, paths, [GPU], group=True, kernel=k)
-    assert driver(h, GPU) == "nouveau" and Store(paths).holdings() == []
+    assert driver(h, GPU) == "nouveau" and Holdings(paths).holdings() == []
 
 
 def test_vfio_pci_is_loaded_first_and_a_missing_module_changes_nothing(tmp_path):
@@ -147,12 +147,12 @@ def test_vfio_pci_is_loaded_first_and_a_missing_module_changes_nothing(tmp_path)
     with pytest.raises(HostError, match="modprobe vfio-pci failed"):
         bind(h, Paths.for_root(h), ["0000:06:00.1"], group=True, allow=frozenset({"--allow-boot-vga"}), kernel=k)
     assert k.writes == [] and driver(h, "0000:06:00.1") == "snd_hda_intel"
-    assert Store(Paths.for_root(h)).holdings() == []
+    assert Holdings(Paths.for_root(h)).holdings() == []
 
 
 def _consistent(h: HostRoot, paths: Paths, k: FakeKernel, addrs: list[str]) -> None:
     """Every device either back on its own driver with no override and no record, or on vfio-pci and recorded."""
-    held = {r.address: r for r in Store(paths).holdings()}
+    held = {r.address: r for r in Holdings(paths).holdings()}
     for a in addrs:
         d = driver(h, a)
         if a in held:
@@ -206,7 +206,7 @@ def test_persist_and_apply_boot_after_a_reboot(host):
     booted = apply_boot(h, paths, kernel=k)
     assert driver(h, GPU) == driver(h, AUDIO) == "vfio-pci"
     assert [d.status for d in booted.devices if d.status == "dropped"] == ["dropped", "dropped"]
-    assert {r.address: r.prior_driver for r in Store(paths).holdings()} == {GPU: "nouveau", AUDIO: "snd_hda_intel"}
+    assert {r.address: r.prior_driver for r in Holdings(paths).holdings()} == {GPU: "nouveau", AUDIO: "snd_hda_intel"}
     st = status(h, paths)
     assert all(x["consistent"] and x["persisted"] for x in st["held"])
     restore(h, paths, None, kernel=k)
@@ -241,7 +241,7 @@ def busy(tmp_path):
 def _refusal(h, paths, k, addrs, **kw):
     with pytest.raises(RefusedError) as e:
         bind(h, paths, addrs, kernel=k, **kw)
-    assert k.writes == [] and Store(paths).holdings() == [] and not os.path.exists(paths.state_dir)
+    assert k.writes == [] and Holdings(paths).holdings() == [] and not os.path.exists(paths.state_dir)
     return e.value.refusals
 
 

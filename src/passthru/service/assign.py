@@ -29,7 +29,7 @@ from ..kinds import kind_for
 from ..kinds import serial as serial_kind
 from ..kinds import usb as usb_kind
 from ..names import check_uuid, check_vm
-from ..vfio import Store as Holdings
+from ..vfio import Holdings
 from ..vfio import bind as vfio_bind
 from ..vfio import restore as vfio_restore
 from ..vfio.plan import check_whole, plan_bind

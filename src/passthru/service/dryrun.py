@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from .session import Session
-from ..vfio import Store as Holdings
+from ..vfio import Holdings
 from ..vfio import restore as vfio_restore
 from .assign import _hook_path, open_store, pci_addresses
 from .release import to_release

@@ -28,7 +28,7 @@ from ..identity import pci_address
 from .assign import AssignResult, assign, open_store
 from .release import release
 from ..names import check_uuid, is_vm_name
-from ..vfio import Store as Holdings
+from ..vfio import Holdings
 from ..vm.domain import HostDevice, parse_domain
 
 __all__ = ["vm_starting", "vm_stopped", "libvirt_vm_name", "proxmox_vm_name", "libvirt_hook", "HookResult"]

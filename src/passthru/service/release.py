@@ -10,7 +10,7 @@ from ..inventory.store import Assignment, Store
 from ..journal import journal_for
 from ..kinds.vgpu import release_created  # vGPUs made for a VM (`vgpu create --vm`) go when it releases them
 from ..names import check_vm
-from ..vfio import Store as Holdings
+from ..vfio import Holdings
 from ..vfio import restore as vfio_restore
 from .assign import group_identities, open_store, pci_addresses
 from .kind_state import undo_kind

@@ -12,10 +12,10 @@ audit log (a whole operation's intent goes to ``passthru.journal`` first); ``rec
 
 from .kernel import VFIO_PCI, Kernel
 from .plan import OVERRIDES, Refusal, RefusedError, TakeoverPlan, parse_addresses, plan_bind
-from .state import BINDING, BOUND, RESTORING, Holding, Store
+from .state import BINDING, BOUND, RESTORING, Holding, Holdings
 from .recover import apply_boot, reconcile
 from .takeover import DeviceResult, Outcome, bind, restore, status
 
 __all__ = ["Kernel", "VFIO_PCI", "OVERRIDES", "Refusal", "RefusedError", "TakeoverPlan", "parse_addresses",
-           "plan_bind", "Holding", "Store", "BINDING", "BOUND", "RESTORING", "DeviceResult", "Outcome", "bind",
+           "plan_bind", "Holding", "Holdings", "BINDING", "BOUND", "RESTORING", "DeviceResult", "Outcome", "bind",
            "restore", "reconcile", "apply_boot", "status"]

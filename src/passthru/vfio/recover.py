@@ -26,7 +26,7 @@ from ..host.root import HostRoot
 from ..journal import Op
 from .kernel import VFIO_PCI, Kernel
 from .plan import group_members
-from .state import BINDING, BOUND, Holding, Store
+from .state import BINDING, BOUND, Holding, Holdings
 from .takeover import DeviceResult, Outcome, bind, give_back, give_back_one
 
 __all__ = ["reconcile", "apply_boot"]
@@ -35,7 +35,7 @@ __all__ = ["reconcile", "apply_boot"]
 def reconcile(h: HostRoot, paths: Paths, *, kernel: Kernel | None = None) -> Outcome:
     """Bring records and host back in line (see the module docstring). ``out.error`` when something could not be
     repaired (the CLI exits 1)."""
-    store = Store(paths)
+    store = Holdings(paths)
     k = kernel or Kernel(h)
     out = Outcome("reconcile")
     k.require_live()
@@ -49,7 +49,7 @@ def reconcile(h: HostRoot, paths: Paths, *, kernel: Kernel | None = None) -> Out
 
 
 # -- 1. interrupted operations ------------------------------------------------------------------------------------
-def _settle(k: Kernel, store: Store, op: Op, out: Outcome) -> None:
+def _settle(k: Kernel, store: Holdings, op: Op, out: Outcome) -> None:
     members = [m["address"] if isinstance(m, dict) else m for m in op.get("members") or []]
     errors: list[str] = []
     if op.kind == "vfio.bind":
@@ -100,7 +100,7 @@ def _from_member(m: dict, a: str, op_id: str) -> Holding:
 
 
 # -- 2. each held device ------------------------------------------------------------------------------------------
-def _one(h: HostRoot, k: Kernel, store: Store, rec: Holding, out: Outcome) -> None:
+def _one(h: HostRoot, k: Kernel, store: Holdings, rec: Holding, out: Outcome) -> None:
     a = rec.address
     fn = read_function(h, a, find_vf_index=False)
     if fn is None:
@@ -134,7 +134,7 @@ def _one(h: HostRoot, k: Kernel, store: Store, rec: Holding, out: Outcome) -> No
 
 
 # -- 3. split groups ----------------------------------------------------------------------------------------------
-def _split_groups(h: HostRoot, k: Kernel, store: Store, out: Outcome) -> None:
+def _split_groups(h: HostRoot, k: Kernel, store: Holdings, out: Outcome) -> None:
     held: dict[int, list[str]] = {}
     for rec in store.holdings():
         g = k.group_of(rec.address) if k.present(rec.address) else None
@@ -162,7 +162,7 @@ def apply_boot(h: HostRoot, paths: Paths, *, kernel: Kernel | None = None) -> Ou
     not stop the others)."""
     out = reconcile(h, paths, kernel=kernel)
     out.action = "apply-boot"
-    store = Store(paths)
+    store = Holdings(paths)
     groups: dict[object, list[str]] = {}
     for doc in store.persisted():
         a = doc["address"]

@@ -26,7 +26,7 @@ from ..journal import journal_for
 from ..statefs import (FileLock, append_line, caller, ensure_dir, fsync_dir, list_names, read_record, write_atomic,
                        write_if_changed)
 
-__all__ = ["Holding", "Store", "BINDING", "BOUND", "RESTORING"]
+__all__ = ["Holding", "Holdings", "BINDING", "BOUND", "RESTORING"]
 
 BINDING, BOUND, RESTORING = "binding", "bound", "restoring"
 _SCHEMA = 1
@@ -98,8 +98,9 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class Store:
-    """The records under one :class:`Paths`."""
+class Holdings:
+    """What passthru holds for vfio-pci: the records under one :class:`Paths` (held devices, persisted bindings,
+    the audit log and the journal). The inventory's database is another thing: ``inventory.Store``."""
 
     def __init__(self, paths: Paths) -> None:
         self.paths = paths

@@ -21,7 +21,7 @@ from ..host.pci import PciFunction, read_function
 from ..host.root import HostRoot
 from .kernel import VFIO_PCI, Kernel
 from .plan import TakeoverPlan, parse_addresses, plan_bind
-from .state import BINDING, BOUND, RESTORING, Holding, Store
+from .state import BINDING, BOUND, RESTORING, Holding, Holdings
 
 __all__ = ["DeviceResult", "Outcome", "bind", "restore", "status", "give_back_one", "give_back"]
 
@@ -73,7 +73,7 @@ def bind(h: HostRoot, paths: Paths, addresses: list[str], *, group: bool = False
     plan = plan_bind(h, addrs, group=group, allow=allow)
     out = Outcome("bind", warnings=list(plan.warnings))
     k = kernel or Kernel(h)
-    store = Store(paths)
+    store = Holdings(paths)
     if dry_run:
         for fn in plan.functions:
             done = is_vfio_driver(fn.driver)
@@ -93,7 +93,7 @@ def bind(h: HostRoot, paths: Paths, addresses: list[str], *, group: bool = False
     return out
 
 
-def _bind_locked(h: HostRoot, k: Kernel, store: Store, plan: TakeoverPlan, out: Outcome) -> None:
+def _bind_locked(h: HostRoot, k: Kernel, store: Holdings, plan: TakeoverPlan, out: Outcome) -> None:
     """What moves is decided first and recorded as one intent (the journal), then each device is written: a kill
     at any point leaves the intent, and reconcile finishes the whole set or gives every member back."""
     moving: list[PciFunction] = []
@@ -152,7 +152,7 @@ def _member(fn: PciFunction) -> dict:
             "prior_driver": fn.driver, "prior_override": fn.driver_override}
 
 
-def _roll_back(k: Kernel, store: Store, touched: list[Holding], out: Outcome) -> list[str]:
+def _roll_back(k: Kernel, store: Holdings, touched: list[Holding], out: Outcome) -> list[str]:
     failed = []
     for rec in reversed(touched):
         try:
@@ -164,7 +164,7 @@ def _roll_back(k: Kernel, store: Store, touched: list[Holding], out: Outcome) ->
     return failed
 
 
-def give_back(k: Kernel, store: Store, rec: Holding) -> None:
+def give_back(k: Kernel, store: Holdings, rec: Holding) -> None:
     """Return one device to its prior driver and drop its record; the record stays (phase restoring) when the
     kernel does not cooperate, so reconcile can retry."""
     if rec.phase != RESTORING:
@@ -193,7 +193,7 @@ def restore(h: HostRoot, paths: Paths, addresses: list[str] | None, *, dry_run: 
             kernel: Kernel | None = None) -> Outcome:
     """Give held devices back (``None``: all). A device's held IOMMU group mates go back with it. ``dry_run``: the
     same refusals, then what would go back (status "would restore"), on any root; nothing is written."""
-    store = Store(paths)
+    store = Holdings(paths)
     k = kernel or Kernel(h)
     out = Outcome("restore")
     wanted = None if addresses is None else parse_addresses(addresses)
@@ -227,7 +227,7 @@ def restore(h: HostRoot, paths: Paths, addresses: list[str] | None, *, dry_run: 
     return out
 
 
-def _restore_order(store: Store, wanted: list[str] | None) -> tuple[dict[str, Holding], list[str], set[str]]:
+def _restore_order(store: Holdings, wanted: list[str] | None) -> tuple[dict[str, Holding], list[str], set[str]]:
     """(held records, the addresses to give back in order: the requested ones then their held group mates, the
     requested set)."""
     held = {r.address: r for r in store.holdings()}
@@ -246,7 +246,7 @@ def _mate(held: dict[str, Holding], requested: set[str], a: str) -> str | None:
     return next((r for r in requested if held[r].iommu_group == held[a].iommu_group), None)
 
 
-def give_back_one(k: Kernel, store: Store, rec: Holding, out: Outcome, errors: list[str], mate: str | None = None
+def give_back_one(k: Kernel, store: Holdings, rec: Holding, out: Outcome, errors: list[str], mate: str | None = None
                   ) -> None:
     """restore's step for one held device: back to its prior driver (or the record dropped when the device is gone),
     boot persistence removed; a kernel refusal is collected in ``errors`` and the record kept."""
@@ -273,7 +273,7 @@ def give_back_one(k: Kernel, store: Store, rec: Holding, out: Outcome, errors: l
 # -- status -------------------------------------------------------------------------------------------
 def status(h: HostRoot, paths: Paths) -> dict:
     """What passthru holds (with the driver each device has now), and what is persisted for boot."""
-    store = Store(paths)
+    store = Holdings(paths)
     k = Kernel(h)
     held = []
     for rec in store.holdings():

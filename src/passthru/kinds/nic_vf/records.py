@@ -10,7 +10,7 @@ import time
 from ...config import Paths
 from ...host.sriov import PfRef
 from ...statefs import FileLock, caller, fsync_dir, read_record, write_atomic
-from ...vfio.state import Store
+from ...vfio.state import Holdings
 
 __all__ = ["SriovStore"]
 
@@ -82,7 +82,7 @@ class SriovStore:
         return out
 
     def audit(self, action: str, device: str, before: object, after: object, **extra: object) -> None:
-        Store(self.paths).audit(action, device, before, after, **extra)
+        Holdings(self.paths).audit(action, device, before, after, **extra)
 
 
 def _listdir(d: str) -> list[str]:

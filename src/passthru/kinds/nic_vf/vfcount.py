@@ -29,7 +29,7 @@ from ...host.iommu import is_vfio_driver
 from ...host.root import HostRoot
 from ...host.sriov import PfRef, PfState, read_pf, resolve_pf
 from ...host.usage import host_uses
-from ...vfio.state import Store
+from ...vfio.state import Holdings
 from ...writers.sriov import SriovKernel
 from .records import SriovStore
 
@@ -46,7 +46,7 @@ def vf_uses(h: HostRoot, paths: Paths, state: PfState) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     addrs = [v.address for v in state.vfs if v.address]
     uses = host_uses(h, addrs) if addrs else {}
-    held = Store(paths)
+    held = Holdings(paths)
     for v in state.vfs:
         why: list[str] = []
         if v.address is not None:
