@@ -76,11 +76,11 @@ def held(s: Store) -> dict[str, str]:
 # -- schema --------------------------------------------------------------------------------------------------------
 def test_migrate_is_idempotent_and_recorded(any_url):
     s = Store(any_url)
-    assert s.migrate() == LATEST == 3
+    assert s.migrate() == LATEST == 4
     assert s.migrate() == LATEST
     again = Store(any_url)
     assert again.migrate() == LATEST
-    assert [h["version"] for h in again.schema_history()] == [1, 2, 3]
+    assert [h["version"] for h in again.schema_history()] == [1, 2, 3, 4]
 
 
 def _old_claim(s: Store, vm: str, device: str) -> None:
@@ -99,7 +99,7 @@ def test_v1_database_upgrades_to_latest(any_url):
     assert "ix_assignments_vm_state" not in names
     old.close()
     new = Store(any_url)
-    assert new.migrate() == 3
+    assert new.migrate() == LATEST
     names = {ix["name"] for ix in inspect(new.engine).get_indexes("assignments")}
     assert {"uq_assignments_active_device", "ix_assignments_vm_state"} <= names
     assert held(new) == {"pci:0000:18:00.0": "vm1"}  # data made at v1 survives
@@ -107,7 +107,7 @@ def test_v1_database_upgrades_to_latest(any_url):
 
 def test_every_method_migrates_lazily(any_url):
     assert Store(any_url).devices() == []
-    assert [h["version"] for h in Store(any_url).schema_history()] == [1, 2, 3]
+    assert [h["version"] for h in Store(any_url).schema_history()] == [1, 2, 3, 4]
 
 
 def test_newer_database_is_refused(db_url, tmp_path):
@@ -208,7 +208,7 @@ def test_v2_database_gets_pending_claims_into_the_one_holder_rule(any_url):
     _old_claim(old, "vm1", "pci:0000:18:00.0")
     old.close()
     new = Store(any_url)
-    assert new.migrate() == 3
+    assert new.migrate() == LATEST
     assert [(a.device, a.state, a.op, a.takeover) for a in new.assignments()] == [
         ("pci:0000:18:00.0", "reserved", None, None)]
     row = dict(vm="vm2", device="pci:0000:18:00.0", state="pending", created="t", updated="t", op="x")
@@ -278,7 +278,7 @@ def test_concurrent_first_starts_migrate_once(any_url):
         p.join(10)
     assert [p.exitcode for p in procs] == [0] * 4
     assert got == [LATEST] * 4
-    assert [h["version"] for h in Store(url).schema_history()] == [1, 2, 3]
+    assert [h["version"] for h in Store(url).schema_history()] == [1, 2, 3, 4]
 
 
 # -- devices -------------------------------------------------------------------------------------------------------
