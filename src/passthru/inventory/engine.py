@@ -62,7 +62,7 @@ def parse_url(url: str) -> URL:
 
     try:
         return make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise _bad_url("PASSTHRU_DB_URL (unparsable)", e) from None
 
 
