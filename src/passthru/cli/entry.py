@@ -21,7 +21,7 @@ import typer
 from .. import __version__
 from ..service.session import Session
 from ..errors import PassthruError, UsageError
-from . import completion, devices, hooks, host, models, serve, store, takeover, vf, vgpu, vms
+from . import cluster, completion, devices, hooks, host, models, serve, store, takeover, vf, vgpu, vms
 
 __all__ = ["app", "command", "main"]
 
@@ -111,6 +111,7 @@ app.add_typer(vf.vf_app)
 app.add_typer(vgpu.vgpu_app)
 app.add_typer(store.store_app)
 app.add_typer(hooks.hooks_app)
+app.add_typer(cluster.cluster_app)
 
 
 _COMMAND = None
