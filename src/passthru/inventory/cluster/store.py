@@ -58,6 +58,7 @@ class ClusterStore:
         self._pid = os.getpid()
         self._ready = False
         self._reached = False  # connected once: from then on a lost connection is waited for (a restart)
+        self.reconnects = 0  # operations run again after the database went away
 
     def close(self) -> None:
         self.engine.dispose()
@@ -95,6 +96,7 @@ class ClusterStore:
                 if time.monotonic() > deadline:
                     raise HostError(f"{self.label}: the cluster database went away and did not come back in "
                                     f"{_RECONNECT_S:.0f} s ({_reason(e)}); retry when it runs") from None
+                self.reconnects += 1
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -183,8 +185,8 @@ class ClusterStore:
                 raise NotFoundError(f"no host named {name!r} in the cluster; `passthru cluster hosts` lists them")
             c.execute(update(h).where(h.c.name == name).values(state="down", epoch=row.epoch + 1, changed=ts))
             ids = [r.id for r in c.execute(select(ca.c.id).where(ca.c.host == name, ca.c.state.in_(LIVE_STATES)))]
-            placement.end(c, ids, ts, "fenced")
-            return {"host": name, "epoch": row.epoch + 1, "released": len(ids)}
+            done = placement.end(c, ids, ts, "fenced")  # those another process ended meanwhile are not counted
+            return {"host": name, "epoch": row.epoch + 1, "released": len(done)}
 
         return self.write(run)
 
@@ -192,11 +194,14 @@ class ClusterStore:
     def place(self, vm: str, wants: list[placement.Want], *, count: int = 1, same_numa: bool = False,
               same_switch: bool = False, host: str | None = None) -> dict:
         """Pick a host and devices for ``vm`` and reserve them, in one transaction (see placement.py)."""
-        self.sweep()
+        def run(c: Connection) -> dict | placement.Busy:
+            placement.sweep(c, db_now(c), self.suspect_after, self.down_after)  # what has expired is free again
+            return placement.place(c, vm, wants, count=count, same_numa=same_numa, same_switch=same_switch,
+                                   host=host, ttl=self.reserve_ttl)
+
         attempts = 50
         for attempt in range(attempts):
-            got = self.write(lambda c: placement.place(c, vm, wants, count=count, same_numa=same_numa,
-                                                       same_switch=same_switch, host=host, ttl=self.reserve_ttl))
+            got = self.write(run)
             if not isinstance(got, placement.Busy) or attempt + 1 == attempts:
                 break
             time.sleep(0.001 * (attempt + 1))
