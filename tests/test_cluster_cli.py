@@ -50,7 +50,9 @@ def test_join_place_list_release_fence(capsys, joined):
     devs = js(capsys, *db, "devices", "--db", url)["devices"]
     gpus = [d for d in devs if d["kind"] == "gpu"]
     assert {d["identity"] for d in gpus} >= {"pci:0000:18:00.0", "pci:0000:19:00.0"}
-    assert all(d["identity"] != "pci:0000:18:00.1" for d in devs)  # the audio companion goes with its GPU
+    ids = {d["identity"] for d in devs}
+    assert "pci:0000:18:00.1" not in ids  # the audio companion goes with its GPU
+    assert not ids & {"pci:0000:02:00.0", "pci:0000:00:14.0", "pci:0000:00:17.0"}  # boot VGA, USB, SATA: the host's
     assert all(d["numa_node"] == 0 for d in gpus[:2])
     placed = js(capsys, *db, "place", "vm1", "gpu", "--count", "2", "--same-numa", "--db", url)
     assert placed["host"] == "gs1" and len(placed["devices"]) == 2 and placed["state"] == "reserved"

@@ -60,15 +60,16 @@ def _switch(inv, fn) -> str | None:  # type: ignore[no-untyped-def]
 
 
 def local_devices(s: Session) -> list[ClusterDevice]:
-    """This host's PCI endpoints as the cluster sees them (bridges and a GPU's audio companion left out: the
-    companion goes with its GPU)."""
+    """This host's PCI devices a VM could be given, as the cluster sees them: GPUs, NICs, NVMe drives and custom
+    models. Left out: bridges, a GPU's audio companion (it goes with its GPU), the boot VGA (the host's console)
+    and the chipset's unclassified functions (kind "other": USB and SATA controllers, SMBus...)."""
     inv = s.inventory(usb=False, serial=False)
     out = []
     for d in inv.devices:
-        if d.bus != "pci" or d.kind == "bridge" or d.role == "companion":
+        if d.bus != "pci" or d.kind == "bridge" or d.role == "companion" or (d.kind == "other" and not d.model):
             continue
         fn = d.fact
-        if fn.is_bridge:
+        if fn.is_bridge or fn.boot_vga:
             continue
         out.append(ClusterDevice(identity=f"pci:{fn.address}", kind=d.kind, model=d.model,
                                  vendor_id=fn.vendor_id, device_id=fn.device_id,

@@ -18,6 +18,7 @@ Times are the database's clock (one clock for every host and scheduler), ISO-860
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Callable, TypeVar
 
@@ -284,9 +285,15 @@ def case_free():
     return case((and_(cd.c.holder.is_(None), cd.c.state == "present"), 1), else_=0)
 
 
+_WRAPPED = re.compile(r"inventory database error \((.*)\); check the disk")
+
+
 def _reason(e: Exception) -> str:
+    """The driver's own words (the engine's HostError wraps them in advice meant for the local inventory)."""
     orig = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
-    return " ".join((str(orig).strip().splitlines() or [type(orig).__name__])[0].split())
+    text = " ".join((str(orig).strip().splitlines() or [type(orig).__name__])[0].split())
+    m = _WRAPPED.search(text)
+    return m.group(1) if m else text
 
 
 def _transient(e: Exception) -> bool:
