@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
-from cluster_fixtures import A100, doubles, gpu_host
+from cluster_fixtures import A100, doubles, gpu_host, group_doubles, sriov_host
 from passthru.errors import InventoryError, NotFoundError, UsageError
 from passthru.inventory import ClaimError
 from passthru.inventory.cluster import ClusterStore, StaleEpoch, parse_want
@@ -118,12 +118,12 @@ def test_a_vm_places_once_then_releases(cs):
 
 
 def test_reservations_expire_unless_confirmed(url):
-    cs = ClusterStore(url, reserve_ttl=0.3)
+    cs = ClusterStore(url, reserve_ttl=1.0)  # long enough to confirm in on a loaded machine
     epoch = cs.join("h1", None, gpu_host())
     cs.place("vm1", want("gpu"), count=2)
     cs.place("vm2", want("gpu"), count=2)
     assert len(cs.confirm("h1", epoch, "vm2")) == 2
-    time.sleep(0.5)
+    time.sleep(1.2)
     assert cs.sweep()["expired"] == 2
     states = {(a["vm"], a["state"], a["reason"]) for a in cs.allocations(live=False)}
     assert states == {("vm1", "released", "expired"), ("vm2", "confirmed", None)}
@@ -132,7 +132,7 @@ def test_reservations_expire_unless_confirmed(url):
     assert free(cs) == 9 - 2
     # a placement notices expired reservations by itself
     cs.place("vm3", want("gpu"), count=6)
-    time.sleep(0.5)
+    time.sleep(1.2)
     assert len(cs.place("vm4", want("gpu"), count=6)["devices"]) == 6
     assert doubles(cs.allocations(live=False)) == []
 
@@ -223,9 +223,35 @@ def test_an_unreachable_database_is_one_line_exit_2(tmp_path):
         ClusterStore("")
 
 
+def test_a_pf_with_vfs_is_placed_as_its_vfs_and_a_group_goes_to_one_vm(url):
+    cs = ClusterStore(url)
+    cs.join("n1", None, sriov_host())
+    cs.join("g1", None, gpu_host(4, pairs=True))
+    free_nics = {d["identity"] for d in cs.devices(free=True, host="n1")}
+    assert free_nics == {"pci:0000:3b:02.0", "pci:0000:3b:02.1", "pci:0000:3c:00.0"}  # not the PF with VFs
+    got = cs.place("vm1", want("nic"), count=3)
+    assert {d["identity"] for d in got["devices"]} == free_nics
+    with pytest.raises(ClaimError, match="no room"):
+        cs.place("vm2", want("10de:20b5"), count=1, host="n1")
+    # g1: GPUs 0+1 share group 10, 2+3 group 11. vm3 takes one of group 10: its mate is no one else's
+    one = cs.place("vm3", want("gpu"), host="g1")["devices"][0]["identity"]
+    assert one == "pci:0000:18:00.0"
+    free_gpus = {d["identity"] for d in cs.devices(free=True, host="g1") if d["kind"] == "gpu"}
+    assert free_gpus == {"pci:0000:8a:00.0", "pci:0000:8b:00.0"}
+    two = cs.place("vm4", want("gpu"), count=2, same_numa=True, host="g1")  # a whole group to one VM is fine
+    assert {d["identity"] for d in two["devices"]} == free_gpus
+    with pytest.raises(ClaimError, match="no room"):
+        cs.place("vm5", want("gpu"), host="g1")
+    cs.release("vm3")
+    assert cs.place("vm5", want("gpu"), count=2, host="g1")["devices"]
+    groups = {(d["host"], d["identity"]): d["iommu_group"] for d in cs.devices()}
+    assert group_doubles(cs.allocations(live=False), groups) == []
+
+
 def test_history_check_finds_an_overlap():
     rows = [dict(id=1, vm="a", host="h", device="d", created="1", released="3"),
             dict(id=2, vm="b", host="h", device="d", created="2", released=None)]
     assert len(doubles(rows)) == 1
+    assert len(group_doubles(rows, {("h", "d"): 1})) == 1
     rows[0]["released"] = "2"
-    assert doubles(rows) == []
+    assert doubles(rows) == [] and group_doubles(rows, {("h", "d"): 1}) == []

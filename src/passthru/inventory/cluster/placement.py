@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, insert, or_, select, update
 
 from ...errors import NotFoundError, UsageError
 from ..base import ClaimError
@@ -34,6 +34,17 @@ h, cd, ca = hosts, cluster_devices, cluster_allocations
 _IDS = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
 _MAX_TRIES = 16  # candidate groups tried in one transaction
 _FIELDS = tuple(f.name for f in fields(ClusterDevice))
+_kid, _mate = cd.alias("kid"), cd.alias("mate")
+
+
+def placeable():  # type: ignore[no-untyped-def]
+    """A device that may be given whole, as the statement's snapshot sees it: no VF (child) of it is published (a PF
+    with VFs is scheduled as its VFs, so a PF and its VF never go to two VMs) and no other device of its IOMMU group
+    on its host is held (a group goes to one VM). Placement re-checks the group under row locks (``_mates_free``)."""
+    has_kids = exists().where(_kid.c.host == cd.c.host, _kid.c.parent == cd.c.identity)
+    mate_held = exists().where(_mate.c.host == cd.c.host, _mate.c.iommu_group == cd.c.iommu_group,
+                               _mate.c.identity != cd.c.identity, _mate.c.holder.is_not(None))
+    return and_(~has_kids, ~mate_held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +131,8 @@ def place(c: Connection, vm: str, wants: list[Want], *, count: int, same_numa: b
     free = (select(cd.c.host, cd.c.identity, cd.c.kind, cd.c.model, cd.c.vendor_id, cd.c.device_id,
                    cd.c.numa_node, cd.c.switch)
             .select_from(cd.join(h, h.c.name == cd.c.host))
-            .where(h.c.state == "up", cd.c.state == "present", cd.c.holder.is_(None), or_(*[w.clause() for w in wants])))
+            .where(h.c.state == "up", cd.c.state == "present", cd.c.holder.is_(None), placeable(),
+                   or_(*[w.clause() for w in wants])))
     if host is not None:
         free = free.where(cd.c.host == host)
     groups: dict[tuple, list] = {}
@@ -149,7 +161,8 @@ def _try_group(c: Connection, k: tuple, needs: list[tuple[Want, int]], same_numa
     picked: list = []
     if up is not None:
         for want, n in needs:
-            q = (select(cd).where(cd.c.host == host, cd.c.holder.is_(None), cd.c.state == "present", want.clause())
+            q = (select(cd).where(cd.c.host == host, cd.c.holder.is_(None), cd.c.state == "present", placeable(),
+                                  want.clause())
                  .order_by(cd.c.identity).limit(n).with_for_update(skip_locked=True))
             if same_numa:
                 q = q.where(cd.c.numa_node == numa)
@@ -162,11 +175,26 @@ def _try_group(c: Connection, k: tuple, needs: list[tuple[Want, int]], same_numa
                 picked = []
                 break
             picked += rows
-    if not picked:
+    if not picked or not _mates_free(c, host, picked):
         sp.rollback()
         return None
     sp.commit()
     return [(up.epoch, r) for r in picked]
+
+
+def _mates_free(c: Connection, host: str, picked: list) -> bool:
+    """Lock the other devices of the picked ones' IOMMU groups (skipping, never waiting) and check that none is
+    held: another scheduler giving a group mate to another VM holds that mate's row lock, or has set its holder."""
+    groups = {r.iommu_group for r in picked if r.iommu_group is not None}
+    if not groups:
+        return True
+    q = select(cd.c.identity, cd.c.holder).where(cd.c.host == host, cd.c.iommu_group.in_(sorted(groups)),
+                                                 cd.c.identity.not_in([r.identity for r in picked]))
+    everyone = c.execute(q).all()
+    if not everyone:
+        return True
+    locked = c.execute(q.with_for_update(skip_locked=True)).all()
+    return len(locked) == len(everyone) and all(r.holder is None for r in locked)
 
 
 def _reserve(c: Connection, vm: str, host: str, got: list, ts: str, expires: str) -> dict:

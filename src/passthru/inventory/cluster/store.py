@@ -265,7 +265,7 @@ class ClusterStore:
             q = (select(cd, ca.c.vm, ca.c.state.label("allocation"), h.c.state.label("host_state"))
                  .select_from(cd.join(h, h.c.name == cd.c.host).outerjoin(ca, live)))
             if free:
-                q = q.where(cd.c.holder.is_(None), cd.c.state == "present", h.c.state == "up")
+                q = q.where(cd.c.holder.is_(None), cd.c.state == "present", h.c.state == "up", placement.placeable())
             if host is not None:
                 q = q.where(cd.c.host == host)
             return [dict(r) for r in c.execute(q.order_by(cd.c.host, cd.c.identity)).mappings()]
