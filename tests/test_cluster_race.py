@@ -12,7 +12,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from cluster_fixtures import doubles, gpu_host
+from cluster_fixtures import doubles, gpu_host, group_doubles
 from passthru.errors import HostError, NotFoundError
 from passthru.inventory import ClaimError
 from passthru.inventory.cluster import ClusterStore, StaleEpoch, parse_want
@@ -95,6 +95,8 @@ def _check_history(url: str) -> dict:
     cs = ClusterStore(url)
     history = cs.allocations(live=False)
     assert doubles(history) == []
+    groups = {(d["host"], d["identity"]): d["iommu_group"] for d in cs.devices()}
+    assert group_doubles(history, groups) == []  # an IOMMU group never went to two VMs at once
     live = {(a["host"], a["device"]): a["id"] for a in history if a["state"] in ("reserved", "confirmed")}
     assert len(live) == sum(a["state"] in ("reserved", "confirmed") for a in history)
     with cs.engine.connect() as c:
@@ -103,10 +105,10 @@ def _check_history(url: str) -> dict:
     return {"allocations": len(history), "live": len(live)}
 
 
-def _setup(url: str, hosts: int = 2) -> ClusterStore:
+def _setup(url: str, hosts: int = 2, pairs: bool = False) -> ClusterStore:
     cs = ClusterStore(url)
     for i in range(hosts):
-        cs.join(f"h{i}", f"127.0.0.1:{8470 + i}", gpu_host())
+        cs.join(f"h{i}", f"127.0.0.1:{8470 + i}", gpu_host(pairs=pairs))
     return cs
 
 
@@ -120,7 +122,7 @@ def _totals(out) -> dict:
 
 @pytest.mark.timeout(300)
 def test_sixteen_schedulers_race_for_sixteen_gpus(pg_url):
-    _setup(pg_url)
+    _setup(pg_url, pairs=True)  # two GPUs per IOMMU group: a group goes to one VM
     out = _race(pg_url, 60.0)
     assert [e for _n, _c, errs in out for e in errs] == []
     tot = _totals(out)
