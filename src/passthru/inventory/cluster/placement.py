@@ -28,7 +28,7 @@ from ..spec import FORMS, parse_spec
 from .clock import db_now, shift
 from .records import ClusterDevice, check_host_name, check_vm
 
-__all__ = ["Want", "parse_want", "Busy", "place", "sync", "sweep", "end"]
+__all__ = ["Want", "parse_want", "Busy", "place", "placed", "last_released", "sync", "sweep", "end", "placeable"]
 
 h, cd, ca = hosts, cluster_devices, cluster_allocations
 _IDS = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
@@ -207,6 +207,29 @@ def _reserve(c: Connection, vm: str, host: str, got: list, ts: str, expires: str
         out.append({"allocation": aid, "identity": r.identity, "kind": r.kind, "model": r.model,
                     "numa_node": r.numa_node, "switch": r.switch, "iommu_group": r.iommu_group})
     return {"vm": vm, "host": host, "epoch": epoch, "state": "reserved", "expires": expires, "devices": out}
+
+
+def placed(c: Connection, vm: str) -> dict | None:
+    """``vm``'s live allocations in the shape :func:`place` returns, or None when it holds nothing."""
+    rows = c.execute(select(ca.c.id, ca.c.host, ca.c.state, ca.c.expires, ca.c.epoch, cd)
+                     .select_from(ca.join(cd, and_(cd.c.host == ca.c.host, cd.c.identity == ca.c.device)))
+                     .where(ca.c.vm == vm, ca.c.state.in_(LIVE_STATES)).order_by(ca.c.id)).all()
+    if not rows:
+        return None
+    devs = [{"allocation": r.id, "identity": r.identity, "kind": r.kind, "model": r.model, "numa_node": r.numa_node,
+             "switch": r.switch, "iommu_group": r.iommu_group} for r in rows]
+    return {"vm": vm, "host": rows[0].host, "epoch": rows[0].epoch, "state": rows[0].state,
+            "expires": rows[0].expires, "devices": devs}
+
+
+def last_released(c: Connection, vm: str) -> list[dict]:
+    """The allocations of ``vm`` released by the most recent release (same timestamp), as release returns them."""
+    last = c.execute(select(ca.c.released).where(ca.c.vm == vm, ca.c.reason == "released")
+                     .order_by(ca.c.released.desc()).limit(1)).scalar()
+    if last is None:
+        return []
+    return [{"id": r.id, "host": r.host, "device": r.device} for r in c.execute(
+        select(ca.c.id, ca.c.host, ca.c.device).where(ca.c.vm == vm, ca.c.released == last).order_by(ca.c.id))]
 
 
 def _no_room(vm: str, wants: list[Want], count: int, same_numa: bool, same_switch: bool, host: str | None) -> str:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ...errors import HostError, InventoryError, NotFoundError, UsageError
 from ..engine import db_label, fork_guard, make_engine, reading, writing
+from ..base import ClaimError
 from ..schema import LIVE_STATES, cluster_allocations, cluster_devices, hosts
 from ..store import Store
 from . import placement
@@ -201,8 +202,15 @@ class ClusterStore:
                                    host=host, ttl=self.reserve_ttl)
 
         attempts = 50
+        before = self.reconnects
         for attempt in range(attempts):
-            got = self.write(run)
+            try:
+                got = self.write(run)
+            except ClaimError:
+                mine = self.read(lambda c: placement.placed(c, vm)) if self.reconnects > before else None
+                if mine is not None:  # ours: it committed just as the connection was cut, and the rerun saw it
+                    return mine
+                raise
             if not isinstance(got, placement.Busy) or attempt + 1 == attempts:
                 break
             time.sleep(0.001 * (attempt + 1))
@@ -240,7 +248,16 @@ class ClusterStore:
             done = placement.end(c, [r.id for r in rows], ts, "released")
             return [{"id": r.id, "host": r.host, "device": r.device} for r in rows if r.id in done]
 
-        return self.write(run)
+        before = self.reconnects
+        try:
+            return self.write(run)
+        except NotFoundError:
+            if self.reconnects == before:
+                raise
+            last = self.read(lambda c: placement.last_released(c, vm))  # ours, committed as the connection was cut
+            if not last:
+                raise
+            return last
 
     # -- listings ---------------------------------------------------------------------------------------------------
     def hosts(self) -> list[dict]:
@@ -282,7 +299,8 @@ class ClusterStore:
 
 
 def case_free():
-    return case((and_(cd.c.holder.is_(None), cd.c.state == "present"), 1), else_=0)
+    """1 for a device placement could take now (as ``devices --free`` lists them), else 0."""
+    return case((and_(cd.c.holder.is_(None), cd.c.state == "present", placement.placeable()), 1), else_=0)
 
 
 _WRAPPED = re.compile(r"inventory database error \((.*)\); check the disk")
