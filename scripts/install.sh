@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install passthru into ./.venv, with the Debian packages it uses (hwdata for device names, kmod for modprobe).
 #   bash scripts/install.sh          # the tool
-#   bash scripts/install.sh --test   # plus test tools and the real-kernel lab's packages (QEMU, busybox...)
+#   bash scripts/install.sh --test   # plus test tools, PostgreSQL and the real-kernel lab's packages (QEMU, busybox...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,7 @@ if [ "$want_test" = 1 ]; then
     pkgs+=(qemu-system-x86 busybox-static e2fsprogs util-linux systemd libvirt-clients libxml2-utils gcc make xz-utils)
     pkgs+=(openssl)  # the agent's TLS test makes a self-signed certificate
     pkgs+=(libvirt-daemon-system libvirt-daemon-driver-qemu)  # tests start their own libvirtd (tests/libvirtd.py)
+    pkgs+=(postgresql)  # tests start their own PostgreSQL server in a temporary directory (tests/pg.py)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

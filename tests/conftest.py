@@ -3,9 +3,12 @@
 Every test outside the lab runs under tests/host_guard.py: a write to the real /sys, /proc, /dev, /etc... or a
 passthru CLI subprocess aimed at the real root fails it."""
 
+import os
+
 import pytest
 
 import host_guard
+import pg
 import sysfs_fixtures
 
 host_guard.install()
@@ -55,3 +58,39 @@ def broken_desktop(tmp_path):
 @pytest.fixture
 def bare_host(tmp_path):
     return sysfs_fixtures.bare_host(tmp_path / "bare_host")
+
+
+# -- a real PostgreSQL (tests/pg.py): one server per test session, one database per test -------------------------
+def _pg_required() -> bool:
+    return bool(os.environ.get("PASSTHRU_LAB_REQUIRED") or os.environ.get("CI"))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The session's PostgreSQL server, started on first use and stopped at the end. Skipped when PostgreSQL or
+    psycopg is missing, except in CI (PASSTHRU_LAB_REQUIRED or CI set), where that fails: CI never skips these."""
+    import importlib.util
+
+    server = pg.PgServer.find()
+    problem = None
+    if server is None:
+        problem = f"PostgreSQL is not installed; {pg.MISSING_FIX}"
+    elif importlib.util.find_spec("psycopg") is None:
+        problem = "psycopg is not installed; pip install -e '.[test]' (scripts/install.sh --test)"
+    if problem:
+        if server is not None:
+            server.cleanup()
+        if _pg_required():
+            pytest.fail(problem, pytrace=False)
+        pytest.skip(problem)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh database of its own on the session's server."""
+    return pg_server.create_database()

@@ -98,8 +98,10 @@ def test_shown_output_is_parsed_and_compared():
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_page_commands_run(page, gpu_server, tmp_path):
+def test_page_commands_run(page, gpu_server, tmp_path, request):
     env = dict(os.environ, PASSTHRU_ROOT=str(gpu_server), COLUMNS="200")
+    if page.name == "cluster.md":  # the cluster's commands run against a real PostgreSQL (tests/pg.py)
+        env["PASSTHRU_DB_URL"] = request.getfixturevalue("pg_url")
     for f in (DOCS / "examples").glob("*.xml"):
         shutil.copy(f, tmp_path / f.name)
     if (DOCS / "examples" / "root").is_dir():

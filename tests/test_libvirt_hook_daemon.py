@@ -8,11 +8,14 @@ starts a domain with a real PCI device on vfio-pci."""
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 
 import pytest
 
 import libvirtd
+import passthru
 import sysfs_fixtures as fx
 from passthru.service.session import Session
 from passthru.service.assign import assign, open_store
@@ -43,7 +46,9 @@ def held(s: Session) -> list[tuple[str, str, str | None]]:
 
 def test_libvirtd_runs_the_hook_on_start_and_stop(tmp_path):
     s = Session(str(fx.gpu_server(tmp_path / "gs")), None, None)
-    text, _ = hooks.render(s, "libvirt", command=f"{sys.executable} -m passthru")
+    # libvirtd runs the hook with a clean environment: name the passthru under test, not the interpreter's default
+    src = os.path.dirname(os.path.dirname(passthru.__file__))
+    text, _ = hooks.render(s, "libvirt", command=f"env PYTHONPATH={shlex.quote(src)} {sys.executable} -m passthru")
     for name, dev in (("plain", ""), ("a", MANAGED), ("c", PCI)):
         (tmp_path / f"{name}.xml").write_text(DOMAIN.format(name=name, dev=dev))
     assign(s, "other", ["0000:19:00.0"])  # already on vfio-pci in the fixture: nothing to bind

@@ -209,9 +209,17 @@ def _truncated(good: bytes) -> bytes:
 
 def _bit_flipped(good: bytes) -> bytes:
     """Every b-tree page after the first gets its page header and cell pointers flipped, as a bad sector or a bad
-    RAM bit would leave them (SQLite has no page checksums: damage to row bytes alone reads back as data)."""
+    RAM bit would leave them (SQLite has no page checksums: damage to row bytes alone reads back as data). The
+    schema's own pages (sqlite_master: page 1 and, once the schema outgrows it, the pages it spills into) are
+    spared, so the file still opens and it is the integrity check that finds the damage."""
     data = bytearray(good)
+    db = sqlite3.connect(":memory:")
+    db.deserialize(good)
+    roots = {r[0] for r in db.execute("SELECT rootpage FROM sqlite_master WHERE rootpage > 1")}
+    db.close()
     for p in range(1, len(data) // PAGE):
+        if p + 1 not in roots:  # page numbers start at 1
+            continue
         for i in range(12):
             data[p * PAGE + i] ^= 0xFF
     return bytes(data)

@@ -9,7 +9,7 @@ import sqlite3
 import stat
 
 import pytest
-from sqlalchemy import insert, inspect
+from sqlalchemy import insert, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from passthru.config import Paths
@@ -53,9 +53,17 @@ def db_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/passthru.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request, tmp_path) -> str:
+    """The same tests on the embedded SQLite file and on a real PostgreSQL server (tests/pg.py)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/passthru.db"
+    return request.getfixturevalue("pg_url")
+
+
 @pytest.fixture
-def store(db_url):
-    s = Store(db_url)
+def store(any_url):
+    s = Store(any_url)
     s.sync_devices(host())
     yield s
     s.close()
@@ -66,40 +74,40 @@ def held(s: Store) -> dict[str, str]:
 
 
 # -- schema --------------------------------------------------------------------------------------------------------
-def test_migrate_is_idempotent_and_recorded(db_url):
-    s = Store(db_url)
-    assert s.migrate() == LATEST == 3
+def test_migrate_is_idempotent_and_recorded(any_url):
+    s = Store(any_url)
+    assert s.migrate() == LATEST == 4
     assert s.migrate() == LATEST
-    again = Store(db_url)
+    again = Store(any_url)
     assert again.migrate() == LATEST
-    assert [h["version"] for h in again.schema_history()] == [1, 2, 3]
+    assert [h["version"] for h in again.schema_history()] == [1, 2, 3, 4]
 
 
 def _old_claim(s: Store, vm: str, device: str) -> None:
     """A holding as an older passthru wrote it (its columns only)."""
     with s.engine.begin() as c:
-        c.exec_driver_sql("INSERT INTO assignments (vm, device, state, created, updated) "
-                          "VALUES (?, ?, 'reserved', 't', 't')", (vm, device))
+        c.execute(text("INSERT INTO assignments (vm, device, state, created, updated) "
+                       "VALUES (:vm, :device, 'reserved', 't', 't')"), {"vm": vm, "device": device})
 
 
-def test_v1_database_upgrades_to_latest(db_url):
-    old = Store(db_url)
+def test_v1_database_upgrades_to_latest(any_url):
+    old = Store(any_url)
     assert old.migrate(to=1) == 1
     old.sync_devices(host())
     _old_claim(old, "vm1", "pci:0000:18:00.0")
     names = {ix["name"] for ix in inspect(old.engine).get_indexes("assignments")}
     assert "ix_assignments_vm_state" not in names
     old.close()
-    new = Store(db_url)
-    assert new.migrate() == 3
+    new = Store(any_url)
+    assert new.migrate() == LATEST
     names = {ix["name"] for ix in inspect(new.engine).get_indexes("assignments")}
     assert {"uq_assignments_active_device", "ix_assignments_vm_state"} <= names
     assert held(new) == {"pci:0000:18:00.0": "vm1"}  # data made at v1 survives
 
 
-def test_every_method_migrates_lazily(db_url):
-    assert Store(db_url).devices() == []
-    assert [h["version"] for h in Store(db_url).schema_history()] == [1, 2, 3]
+def test_every_method_migrates_lazily(any_url):
+    assert Store(any_url).devices() == []
+    assert [h["version"] for h in Store(any_url).schema_history()] == [1, 2, 3, 4]
 
 
 def test_newer_database_is_refused(db_url, tmp_path):
@@ -193,14 +201,14 @@ def test_default_location_is_private_and_env_overrides(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "other.db")
 
 
-def test_v2_database_gets_pending_claims_into_the_one_holder_rule(db_url):
-    old = Store(db_url)
+def test_v2_database_gets_pending_claims_into_the_one_holder_rule(any_url):
+    old = Store(any_url)
     assert old.migrate(to=2) == 2
     old.sync_devices(host())
     _old_claim(old, "vm1", "pci:0000:18:00.0")
     old.close()
-    new = Store(db_url)
-    assert new.migrate() == 3
+    new = Store(any_url)
+    assert new.migrate() == LATEST
     assert [(a.device, a.state, a.op, a.takeover) for a in new.assignments()] == [
         ("pci:0000:18:00.0", "reserved", None, None)]
     row = dict(vm="vm2", device="pci:0000:18:00.0", state="pending", created="t", updated="t", op="x")
@@ -258,8 +266,8 @@ def _migrate_worker(url: str, barrier, results) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_concurrent_first_starts_migrate_once(tmp_path):
-    url = f"sqlite:///{tmp_path}/fresh.db"
+def test_concurrent_first_starts_migrate_once(any_url):
+    url = any_url
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(4), ctx.Queue()
     procs = [ctx.Process(target=_migrate_worker, args=(url, barrier, results)) for _ in range(4)]
@@ -270,12 +278,12 @@ def test_concurrent_first_starts_migrate_once(tmp_path):
         p.join(10)
     assert [p.exitcode for p in procs] == [0] * 4
     assert got == [LATEST] * 4
-    assert [h["version"] for h in Store(url).schema_history()] == [1, 2, 3]
+    assert [h["version"] for h in Store(url).schema_history()] == [1, 2, 3, 4]
 
 
 # -- devices -------------------------------------------------------------------------------------------------------
-def test_sync_add_update_lost_back(db_url):
-    s = Store(db_url)
+def test_sync_add_update_lost_back(any_url):
+    s = Store(any_url)
     first = s.sync_devices(host())
     assert len(first["added"]) == len(host()) and first["updated"] == first["lost"] == []
     assert s.sync_devices(host()) == {"added": [], "updated": [], "lost": [], "back": [], "replaced": []}
@@ -317,13 +325,13 @@ def test_usb_port_with_another_device_counts_as_replaced(store):
     (DeviceRecord("pci:0000:18:00.0", "pci", "gpu", vendor_id=0x10000), "0..0xffff"),
     (DeviceRecord("pci:0000:18:00.0", "pci", ""), "kind is empty"),
 ])
-def test_sync_rejects_malformed_records(db_url, bad, msg):
+def test_sync_rejects_malformed_records(any_url, bad, msg):
     with pytest.raises(UsageError, match=msg):
-        Store(db_url).sync_devices([bad])
+        Store(any_url).sync_devices([bad])
 
 
-def test_sync_rejects_duplicates_and_changes_nothing(db_url):
-    s = Store(db_url)
+def test_sync_rejects_duplicates_and_changes_nothing(any_url):
+    s = Store(any_url)
     with pytest.raises(UsageError, match="listed twice"):
         s.sync_devices(host() + host()[:1])
     assert s.devices() == []
@@ -509,6 +517,8 @@ def test_claim_any_skips_lost_devices(store):
 
 @pytest.mark.timeout(60)
 def test_refusals_do_not_wait_for_the_write_lock(store, tmp_path):
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's write lock; PostgreSQL has no database-wide write lock")
     for _ in range(6):
         store.claim_any("vm1", kind="gpu")
     blocker = sqlite3.connect(tmp_path / "passthru.db", isolation_level=None)
@@ -604,8 +614,8 @@ def _race_worker(url: str, n: int, barrier, results) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_eight_processes_race_for_twenty_gpus(tmp_path):
-    url = f"sqlite:///{tmp_path}/race.db"
+def test_eight_processes_race_for_twenty_gpus(any_url):
+    url = any_url
     setup = Store(url)
     setup.sync_devices([pci(f"0000:{i + 1:02x}:00.0", iommu_group=i) for i in range(20)]
                        + [pci("0000:a0:00.0", kind="nic", iommu_group=99)])

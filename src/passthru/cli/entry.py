@@ -21,7 +21,7 @@ import typer
 from .. import __version__
 from ..service.session import Session
 from ..errors import PassthruError, UsageError
-from . import completion, devices, hooks, host, models, serve, store, takeover, vf, vgpu, vms
+from . import cluster, completion, devices, hooks, host, models, serve, store, takeover, vf, vgpu, vms
 
 __all__ = ["app", "command", "main"]
 
@@ -92,7 +92,8 @@ COMMANDS: list[tuple[str, Callable[..., object]]] = [
     ("serve", serve.serve), ("completion", completion.completion),
 ]
 # command groups, each with its subcommands
-GROUPS: list[typer.Typer] = [models.model_app, vf.vf_app, vgpu.vgpu_app, store.store_app, hooks.hooks_app]
+GROUPS: list[typer.Typer] = [models.model_app, vf.vf_app, vgpu.vgpu_app, store.store_app, hooks.hooks_app,
+                             cluster.cluster_app]
 # commands that need the whole tree even when named: completion prints a script of every command
 _WHOLE_TREE = {"completion"}
 _GLOBAL_WITH_VALUE = ("--root", "--config-dir", "--state-dir")

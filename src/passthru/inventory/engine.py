@@ -11,7 +11,7 @@ SQLite (the embedded default):
     - Per connection: ``busy_timeout``, ``foreign_keys=ON``, ``synchronous=NORMAL``; the database is put in WAL
       mode once. With WAL, NORMAL syncs at checkpoints instead of at every commit: a commit survives a crash of
       the process or the OS, but the last few can be lost on power failure (when the VMs are gone too).
-PostgreSQL (later, same code):
+PostgreSQL (same code; tests/test_store.py runs every store test on a real server too):
     - The engine runs every transaction at ``SERIALIZABLE``. Exclusivity spans rows that a unique index cannot
       tie together (a PF and its VFs, the devices of an IOMMU group), so the checks need serializable snapshots:
       PostgreSQL aborts one of two transactions whose reads and writes overlap (SQLSTATE 40001, or 40P01 for a
@@ -62,7 +62,7 @@ def parse_url(url: str) -> URL:
 
     try:
         return make_url(url)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
         raise _bad_url("PASSTHRU_DB_URL (unparsable)", e) from None
 
 

@@ -12,6 +12,21 @@ Tables::
     audit        id, time, action, device, vm, detail (JSON), actor (JSON: uid, user, sudo_user, pid)
     schema_migrations  version (PK), name, applied
 
+The cluster (v4; used on the one PostgreSQL that many hosts share, ``passthru cluster``)::
+
+    hosts                name (PK), address (the agent's), epoch (bumped at every join: an agent restart), heartbeat,
+                         state (up | suspect | down), joined, changed
+    cluster_devices      (host FK hosts.name, identity) PK, kind, model, vendor_id, device_id, numa_node, switch (the
+                         PCIe upstream bridge below the root port, NULL when none or unknown), iommu_group, parent (PF),
+                         vfio (the driver state the agent saw), state (present | lost), last_seen, holder (the live
+                         allocation's id, NULL when free: what placement locks and re-checks)
+    cluster_allocations  id, vm, host, device, state (reserved | confirmed | released), created, expires (a reservation's
+                         deadline), confirmed, epoch (the host's epoch at placement, then at confirmation), released,
+                         reason (released | expired | fenced | lost)
+
+"Never two holders" holds there too as a partial unique index: ``uq_cluster_allocations_live`` on
+``cluster_allocations(host, device) WHERE state IN ('reserved', 'confirmed')``. Released rows are the history.
+
 "Never two holders" is a database rule, not only a check in the code: ``uq_assignments_active_device`` is a partial
 unique index on ``assignments(device) WHERE state IN ('pending','reserved','attached')`` (SQLite and PostgreSQL
 both have partial indexes). ``pending`` (v3) is a claim inside one running ``assign``: it becomes ``reserved`` when
@@ -27,15 +42,17 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sqlalchemy import (JSON, Column, Connection, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+from sqlalchemy import (JSON, Column, Connection, ForeignKey, ForeignKeyConstraint, Index, Integer, MetaData, String, Table, Text,
                         UniqueConstraint, text)
 
 __all__ = ["metadata", "devices", "models", "assignments", "audit", "schema_migrations", "MIGRATIONS", "LATEST",
-           "ACTIVE_STATES", "ACTIVE_SQL"]
+           "ACTIVE_STATES", "ACTIVE_SQL", "hosts", "cluster_devices", "cluster_allocations", "LIVE_STATES"]
 
 ACTIVE_STATES = ("pending", "reserved", "attached")
 ACTIVE_SQL = "state IN ('pending', 'reserved', 'attached')"
 _V1_ACTIVE_SQL = "state IN ('reserved', 'attached')"  # frozen: the v1 index predicate
+LIVE_STATES = ("reserved", "confirmed")  # a cluster allocation that holds its device
+_V4_LIVE_SQL = "state IN ('reserved', 'confirmed')"  # frozen: the v4 index predicate
 _TS = 32  # "2026-11-25T10:00:00.123456Z"
 
 
@@ -116,6 +133,59 @@ def _v3_unique(asg: Table) -> Index:
                  sqlite_where=text(ACTIVE_SQL), postgresql_where=text(ACTIVE_SQL))
 
 
+def _v4_tables(md: MetaData) -> tuple[Table, Table, Table]:
+    """v4: the cluster's hosts, their devices and the allocations. Frozen like the v1 tables."""
+    hst = Table(
+        "hosts", md,
+        Column("name", String(255), primary_key=True),
+        Column("address", String(255)),
+        Column("epoch", Integer, nullable=False),
+        Column("heartbeat", String(_TS), nullable=False),
+        Column("state", String(16), nullable=False),
+        Column("joined", String(_TS), nullable=False),
+        Column("changed", String(_TS), nullable=False),
+    )
+    cdev = Table(
+        "cluster_devices", md,
+        Column("host", String(255), ForeignKey("hosts.name"), primary_key=True),
+        Column("identity", String(255), primary_key=True),
+        Column("kind", String(64), nullable=False),
+        Column("model", String(64)),
+        Column("vendor_id", Integer),
+        Column("device_id", Integer),
+        Column("numa_node", Integer),
+        Column("switch", String(64)),
+        Column("iommu_group", Integer),
+        Column("parent", String(255)),
+        Column("vfio", String(32)),
+        Column("state", String(16), nullable=False),
+        Column("last_seen", String(_TS), nullable=False),
+        Column("holder", Integer),
+        Index("ix_cluster_devices_kind", "kind"),
+    )
+    alloc = Table(
+        "cluster_allocations", md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("vm", String(255), nullable=False),
+        Column("host", String(255), nullable=False),
+        Column("device", String(255), nullable=False),
+        Column("state", String(16), nullable=False),
+        Column("created", String(_TS), nullable=False),
+        Column("expires", String(_TS)),
+        Column("confirmed", String(_TS)),
+        Column("epoch", Integer, nullable=False),
+        Column("released", String(_TS)),
+        Column("reason", String(16)),
+        ForeignKeyConstraint(["host", "device"], ["cluster_devices.host", "cluster_devices.identity"],
+                             name="fk_cluster_allocations_device"),
+        Index("uq_cluster_allocations_live", "host", "device", unique=True,
+              sqlite_where=text(_V4_LIVE_SQL), postgresql_where=text(_V4_LIVE_SQL)),
+        Index("ix_cluster_allocations_vm_state", "vm", "state"),
+        Index("ix_cluster_allocations_state_expires", "state", "expires"),
+    )
+    return hst, cdev, alloc
+
+
 # -- the current schema, as queries see it ------------------------------------------------------------------------
 metadata = MetaData()
 devices, models, assignments, audit = _tables(metadata)
@@ -126,6 +196,7 @@ for _ix in list(assignments.indexes):  # the unique index now covers pending cla
     if _ix.name == "uq_assignments_active_device":
         assignments.indexes.discard(_ix)
 _v3_unique(assignments)
+hosts, cluster_devices, cluster_allocations = _v4_tables(metadata)
 
 schema_migrations = Table(
     "schema_migrations", metadata,
@@ -157,9 +228,15 @@ def _m3(conn: Connection) -> None:
     _v3_unique(asg).create(conn)
 
 
+def _m4(conn: Connection) -> None:
+    for t in _v4_tables(MetaData()):
+        t.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "devices, models, assignments, audit", _m1),
     (2, "indexes: assignments(vm,state), devices(parent), devices(iommu_group)", _m2),
     (3, "assignments.op, assignments.takeover; pending claims in the one-holder index", _m3),
+    (4, "cluster: hosts, cluster_devices, cluster_allocations (one live allocation per device)", _m4),
 ]
 LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,297 @@
+"""The cluster's transaction bodies: placement (pick a host and devices, reserve them), the end of allocations,
+the sweep (stale hosts, expired reservations) and a host's device sync. Each runs inside one transaction that
+``ClusterStore`` opens (READ COMMITTED on PostgreSQL, BEGIN IMMEDIATE on SQLite).
+
+Placement in one transaction:
+    1. an unlocked look at the free devices that match a spec, on hosts that are up, grouped by host (and NUMA node
+       and/or PCIe switch when asked); the groups that could satisfy the request, fullest fit first;
+    2. for each candidate group, in a savepoint: the host row ``FOR KEY SHARE`` (a fence waits for us, we see its
+       result), then per spec ``SELECT ... WHERE holder IS NULL ... FOR UPDATE SKIP LOCKED LIMIT n``: rows another
+       scheduler is taking are skipped, not waited for; a row freed or taken since our look is re-checked once
+       locked (READ COMMITTED re-evaluates the WHERE on the newest row version). Too few: roll the savepoint back
+       (its locks go) and try the next group;
+    3. insert the allocations (``reserved``, expiring) and set each device's ``holder``.
+The partial unique index on live allocations is the last word if anything above were wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+
+from sqlalchemy import Connection, and_, bindparam, exists, insert, or_, select, update
+
+from ...errors import NotFoundError, UsageError
+from ..base import ClaimError
+from ..schema import LIVE_STATES, cluster_allocations, cluster_devices, hosts
+from ..spec import FORMS, parse_spec
+from .clock import db_now, shift
+from .records import ClusterDevice, check_host_name, check_vm
+
+__all__ = ["Want", "parse_want", "Busy", "place", "placed", "last_released", "sync", "sweep", "end", "placeable"]
+
+h, cd, ca = hosts, cluster_devices, cluster_allocations
+_IDS = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
+_MAX_TRIES = 16  # candidate groups tried in one transaction
+_FIELDS = tuple(f.name for f in fields(ClusterDevice))
+_kid, _mate = cd.alias("kid"), cd.alias("mate")
+
+
+def placeable():  # type: ignore[no-untyped-def]
+    """A device that may be given whole, as the statement's snapshot sees it: no VF (child) of it is published (a PF
+    with VFs is scheduled as its VFs, so a PF and its VF never go to two VMs) and no other device of its IOMMU group
+    on its host is held (a group goes to one VM). Placement re-checks the group under row locks (``_mates_free``)."""
+    has_kids = exists().where(_kid.c.host == cd.c.host, _kid.c.parent == cd.c.identity)
+    mate_held = exists().where(_mate.c.host == cd.c.host, _mate.c.iommu_group == cd.c.iommu_group,
+                               _mate.c.identity != cd.c.identity, _mate.c.holder.is_not(None))
+    return and_(~has_kids, ~mate_held)
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    text: str  # as typed
+    form: str  # "name" (kind or model) | "ids" (vendor:device) | "identity"
+    value: str | tuple[int, int]
+
+    def clause(self):  # type: ignore[no-untyped-def]
+        if self.form == "ids":
+            return and_(cd.c.vendor_id == self.value[0], cd.c.device_id == self.value[1])
+        if self.form == "identity":
+            return cd.c.identity == self.value
+        return or_(cd.c.kind == self.value, cd.c.model == self.value)
+
+    def matches(self, row) -> bool:  # type: ignore[no-untyped-def]
+        if self.form == "ids":
+            return (row.vendor_id, row.device_id) == self.value
+        if self.form == "identity":
+            return row.identity == self.value
+        return self.value in (row.kind, row.model)
+
+
+def parse_want(text: str) -> Want:
+    """A SPEC as ``assign`` takes it (kind, model, PCI address...), or vendor:device (``10de:2330``)."""
+    t = text.strip() if isinstance(text, str) else ""
+    if m := _IDS.match(t):
+        return Want(text, "ids", (int(m.group(1), 16), int(m.group(2), 16)))
+    try:
+        spec = parse_spec(t)
+    except UsageError:
+        raise UsageError(f"{text!r} is not a device spec; use a kind or model name (gpu, a100), vendor:device "
+                         f"(10de:2330) or one of: {', '.join(FORMS[2:])}") from None
+    if spec.form == "name":
+        return Want(text, "name", spec.value)
+    if spec.form == "usb-id":
+        raise UsageError(f"{text!r}: the cluster places PCI devices; name them by kind, model or vendor:device")
+    return Want(text, "identity", spec.identity or spec.value)
+
+
+class Busy:
+    """Every group that fits was being taken by other schedulers at that moment: try again."""
+
+
+def _key(row, same_numa: bool, same_switch: bool) -> tuple | None:  # type: ignore[no-untyped-def]
+    if same_numa and row.numa_node is None or same_switch and row.switch is None:
+        return None  # unknown NUMA node or switch: cannot promise "same"
+    return (row.host, row.numa_node if same_numa else None, row.switch if same_switch else None)
+
+
+def _fits(rows: list, needs: list[tuple[Want, int]]) -> bool:
+    left = list(rows)
+    for want, n in needs:
+        take = [r for r in left if want.matches(r)][:n]
+        if len(take) < n:
+            return False
+        left = [r for r in left if r not in take]
+    return True
+
+
+def place(c: Connection, vm: str, wants: list[Want], *, count: int, same_numa: bool, same_switch: bool,
+          host: str | None, ttl: float) -> dict | Busy:
+    check_vm(vm)
+    if not wants:
+        raise UsageError("place needs one or more device specs")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UsageError(f"--count must be 1 or more, got {count!r}")
+    held = c.execute(select(ca.c.host, ca.c.device).where(ca.c.vm == vm, ca.c.state.in_(LIVE_STATES))).all()
+    if held:
+        raise ClaimError(f"VM {vm!r} already holds {len(held)} device(s) on host {held[0].host!r}; "
+                         f"`passthru cluster release {vm}` first")
+    if host is not None:
+        check_host_name(host)
+        hrow = c.execute(select(h.c.state).where(h.c.name == host)).first()
+        if hrow is None:
+            raise NotFoundError(f"no host named {host!r} in the cluster; `passthru cluster hosts` lists them")
+        if hrow.state != "up":
+            raise ClaimError(f"host {host!r} is {hrow.state}: no placement there until it is up again")
+    needs = [(w, count) for w in wants]
+    for w in wants:
+        if c.execute(select(cd.c.identity).where(w.clause()).limit(1)).first() is None:
+            raise ClaimError(f"spec {w.text!r} matches no device in the cluster; `passthru cluster devices` lists "
+                             "them")
+    free = (select(cd.c.host, cd.c.identity, cd.c.kind, cd.c.model, cd.c.vendor_id, cd.c.device_id,
+                   cd.c.numa_node, cd.c.switch)
+            .select_from(cd.join(h, h.c.name == cd.c.host))
+            .where(h.c.state == "up", cd.c.state == "present", cd.c.holder.is_(None), placeable(),
+                   or_(*[w.clause() for w in wants])))
+    if host is not None:
+        free = free.where(cd.c.host == host)
+    groups: dict[tuple, list] = {}
+    for r in c.execute(free.order_by(cd.c.host, cd.c.identity)):
+        k = _key(r, same_numa, same_switch)
+        if k is not None:
+            groups.setdefault(k, []).append(r)
+    fitting = sorted((k for k, rows in groups.items() if _fits(rows, needs)),
+                     key=lambda k: (len(groups[k]), tuple("" if x is None else str(x) for x in k)))
+    if not fitting:
+        raise ClaimError(_no_room(vm, wants, count, same_numa, same_switch, host))
+    for k in fitting[:_MAX_TRIES]:
+        got = _try_group(c, k, needs, same_numa, same_switch)
+        if got is not None:
+            locked = db_now(c)  # after the locks: later than the release that freed these devices
+            return _reserve(c, vm, k[0], got, locked, shift(locked, ttl))
+    return Busy()
+
+
+def _try_group(c: Connection, k: tuple, needs: list[tuple[Want, int]], same_numa: bool,
+               same_switch: bool) -> list | None:
+    host, numa, switch = k
+    sp = c.begin_nested()
+    up = c.execute(select(h.c.epoch).where(h.c.name == host, h.c.state == "up")
+                   .with_for_update(key_share=True, read=True)).first()
+    picked: list = []
+    if up is not None:
+        for want, n in needs:
+            q = (select(cd).where(cd.c.host == host, cd.c.holder.is_(None), cd.c.state == "present", placeable(),
+                                  want.clause())
+                 .order_by(cd.c.identity).limit(n).with_for_update(skip_locked=True))
+            if same_numa:
+                q = q.where(cd.c.numa_node == numa)
+            if same_switch:
+                q = q.where(cd.c.switch == switch)
+            if picked:
+                q = q.where(cd.c.identity.not_in([p.identity for p in picked]))
+            rows = c.execute(q).all()
+            if len(rows) < n:
+                picked = []
+                break
+            picked += rows
+    if not picked or not _mates_free(c, host, picked):
+        sp.rollback()
+        return None
+    sp.commit()
+    return [(up.epoch, r) for r in picked]
+
+
+def _mates_free(c: Connection, host: str, picked: list) -> bool:
+    """Lock the other devices of the picked ones' IOMMU groups (skipping, never waiting) and check that none is
+    held: another scheduler giving a group mate to another VM holds that mate's row lock, or has set its holder."""
+    groups = {r.iommu_group for r in picked if r.iommu_group is not None}
+    if not groups:
+        return True
+    q = select(cd.c.identity, cd.c.holder).where(cd.c.host == host, cd.c.iommu_group.in_(sorted(groups)),
+                                                 cd.c.identity.not_in([r.identity for r in picked]))
+    everyone = c.execute(q).all()
+    if not everyone:
+        return True
+    locked = c.execute(q.with_for_update(skip_locked=True)).all()
+    return len(locked) == len(everyone) and all(r.holder is None for r in locked)
+
+
+def _reserve(c: Connection, vm: str, host: str, got: list, ts: str, expires: str) -> dict:
+    out = []
+    epoch = got[0][0]
+    for _e, r in got:
+        aid = c.execute(insert(ca).values(vm=vm, host=host, device=r.identity, state="reserved", created=ts,
+                                          expires=expires, epoch=epoch)).inserted_primary_key[0]
+        c.execute(update(cd).where(cd.c.host == host, cd.c.identity == r.identity).values(holder=aid))
+        out.append({"allocation": aid, "identity": r.identity, "kind": r.kind, "model": r.model,
+                    "numa_node": r.numa_node, "switch": r.switch, "iommu_group": r.iommu_group})
+    return {"vm": vm, "host": host, "epoch": epoch, "state": "reserved", "expires": expires, "devices": out}
+
+
+def placed(c: Connection, vm: str) -> dict | None:
+    """``vm``'s live allocations in the shape :func:`place` returns, or None when it holds nothing."""
+    rows = c.execute(select(ca.c.id, ca.c.host, ca.c.state, ca.c.expires, ca.c.epoch, cd)
+                     .select_from(ca.join(cd, and_(cd.c.host == ca.c.host, cd.c.identity == ca.c.device)))
+                     .where(ca.c.vm == vm, ca.c.state.in_(LIVE_STATES)).order_by(ca.c.id)).all()
+    if not rows:
+        return None
+    devs = [{"allocation": r.id, "identity": r.identity, "kind": r.kind, "model": r.model, "numa_node": r.numa_node,
+             "switch": r.switch, "iommu_group": r.iommu_group} for r in rows]
+    return {"vm": vm, "host": rows[0].host, "epoch": rows[0].epoch, "state": rows[0].state,
+            "expires": rows[0].expires, "devices": devs}
+
+
+def last_released(c: Connection, vm: str) -> list[dict]:
+    """The allocations of ``vm`` released by the most recent release (same timestamp), as release returns them."""
+    last = c.execute(select(ca.c.released).where(ca.c.vm == vm, ca.c.reason == "released")
+                     .order_by(ca.c.released.desc()).limit(1)).scalar()
+    if last is None:
+        return []
+    return [{"id": r.id, "host": r.host, "device": r.device} for r in c.execute(
+        select(ca.c.id, ca.c.host, ca.c.device).where(ca.c.vm == vm, ca.c.released == last).order_by(ca.c.id))]
+
+
+def _no_room(vm: str, wants: list[Want], count: int, same_numa: bool, same_switch: bool, host: str | None) -> str:
+    what = " + ".join(f"{count} x {w.text}" for w in wants)
+    where = " ".join(filter(None, ["on one NUMA node" if same_numa else None,
+                                   "on one PCIe switch" if same_switch else None,
+                                   f"on host {host!r}" if host else "on any host that is up"]))
+    return (f"no room for VM {vm!r}: {what} {where} are not free; `passthru cluster devices --free` shows what "
+            "is")
+
+
+def end(c: Connection, ids: list[int], ts: str, reason: str) -> set[int]:
+    """Release the live allocations ``ids`` (state released, ``reason``) and free their devices; returns the ids this
+    transaction ended (another may have ended some first)."""
+    if not ids:
+        return set()
+    rows = c.execute(update(ca).where(ca.c.id.in_(sorted(ids)), ca.c.state.in_(LIVE_STATES))
+                     .values(state="released", released=ts, reason=reason)
+                     .returning(ca.c.id, ca.c.host, ca.c.device)).all()
+    for r in sorted(rows, key=lambda r: (r.host, r.device)):
+        c.execute(update(cd).where(cd.c.host == r.host, cd.c.identity == r.device, cd.c.holder == r.id)
+                  .values(holder=None))
+    return {r.id for r in rows}
+
+
+def sweep(c: Connection, ts: str, suspect_after: float, down_after: float) -> dict:
+    down = c.execute(update(h).where(h.c.state.in_(("up", "suspect")), h.c.heartbeat < shift(ts, -down_after))
+                     .values(state="down", changed=ts).returning(h.c.name)).all()
+    suspect = c.execute(update(h).where(h.c.state == "up", h.c.heartbeat < shift(ts, -suspect_after))
+                        .values(state="suspect", changed=ts).returning(h.c.name)).all()
+    stale = [r.id for r in c.execute(select(ca.c.id).where(ca.c.state == "reserved", ca.c.expires < ts))]
+    expired = end(c, stale, ts, "expired")
+    return {"down": [r.name for r in down], "suspect": [r.name for r in suspect], "expired": len(expired)}
+
+
+def sync(c: Connection, host: str, devices: list[ClusterDevice], ts: str) -> dict:
+    """The host's devices as its agent sees them: new ones added, changed ones updated, missing ones ``lost`` (kept
+    with their holder: a VM may still have them)."""
+    seen: set[str] = set()
+    for d in devices:
+        if not isinstance(d, ClusterDevice):
+            raise UsageError(f"sync takes ClusterDevice objects, got {type(d).__name__}")
+        d.check()
+        if d.identity in seen:
+            raise UsageError(f"{d.identity}: listed twice")
+        seen.add(d.identity)
+    old = {r.identity: r for r in c.execute(select(cd).where(cd.c.host == host))}
+    added, updated = [], []
+    for d in devices:
+        new = asdict(d)
+        prev = old.get(d.identity)
+        if prev is None:
+            c.execute(insert(cd).values(host=host, state="present", last_seen=ts, **new))
+            added.append(d.identity)
+        elif prev.state != "present" or any(getattr(prev, f) != new[f] for f in _FIELDS):
+            c.execute(update(cd).where(cd.c.host == host, cd.c.identity == d.identity)
+                      .values(state="present", last_seen=ts, **new))
+            updated.append(d.identity)
+    lost = sorted(i for i, r in old.items() if i not in seen and r.state == "present")
+    if lost:
+        c.execute(update(cd).where(cd.c.host == host, cd.c.identity == bindparam("b_identity"))
+                  .values(state="lost"), [{"b_identity": i} for i in lost])
+    c.execute(update(cd).where(cd.c.host == host, cd.c.state == "present").values(last_seen=ts))
+    return {"added": added, "updated": updated, "lost": lost}
+
