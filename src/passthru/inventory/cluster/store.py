@@ -32,7 +32,7 @@ from ..schema import LIVE_STATES, cluster_allocations, cluster_devices, hosts
 from ..store import Store
 from . import placement
 from .clock import db_now
-from .records import ClusterDevice, check_host_name
+from .records import ClusterDevice, check_host_name, check_vm
 
 __all__ = ["ClusterStore", "RESERVE_TTL_S", "SUSPECT_AFTER_S", "DOWN_AFTER_S", "StaleEpoch"]
 
@@ -296,6 +296,85 @@ class ClusterStore:
         if live:
             q = q.where(ca.c.state.in_(LIVE_STATES))
         return self.read(lambda c: [dict(r) for r in c.execute(q).mappings()])
+
+    # -- what a host's agent does -----------------------------------------------------------------------------------
+    def host_view(self, name: str, epoch: int) -> dict:
+        """What the agent reconciles against: the live allocations on ``name`` (``live``), per device the newest
+        ended one (``ended``: device -> {vm, reason}), the identities published (``devices``) and the database's
+        time (``now``). Refused with an old epoch (StaleEpoch)."""
+
+        def run(c: Connection) -> dict:
+            self._check_epoch(c, name, epoch, lock=False)
+            live = [dict(r) for r in c.execute(select(ca.c.id, ca.c.vm, ca.c.device, ca.c.state, ca.c.epoch,
+                                                      ca.c.expires).where(ca.c.host == name,
+                                                                          ca.c.state.in_(LIVE_STATES))
+                                               .order_by(ca.c.id)).mappings()]
+            newest = (select(ca.c.device, func.max(ca.c.id).label("id"))
+                      .where(ca.c.host == name, ca.c.state == "released").group_by(ca.c.device).subquery())
+            ended = {r.device: {"vm": r.vm, "reason": r.reason, "id": r.id} for r in c.execute(
+                select(ca.c.id, ca.c.device, ca.c.vm, ca.c.reason).join(newest, newest.c.id == ca.c.id))}
+            devices = {r.identity for r in c.execute(select(cd.c.identity).where(cd.c.host == name))}
+            return {"now": db_now(c), "live": live, "ended": ended, "devices": devices}
+
+        return self.read(run)
+
+    def adopt(self, name: str, epoch: int, vm: str, devices: list[str]) -> dict:
+        """Record that ``vm`` holds ``devices`` on ``name`` already (assigned on the host itself, outside the
+        scheduler): confirmed allocations, so that placement never gives them to another VM. A device another VM
+        holds in the cluster, or one the cluster does not know, is not adopted (``conflicts``). Refused with an old
+        epoch (StaleEpoch)."""
+        check_vm(vm)
+
+        def run(c: Connection) -> dict:
+            ts = db_now(c)
+            self._check_epoch(c, name, epoch, lock=True)
+            elsewhere = c.execute(select(ca.c.host).where(ca.c.vm == vm, ca.c.host != name,
+                                                          ca.c.state.in_(LIVE_STATES)).limit(1)).first()
+            if elsewhere is not None:
+                return {"adopted": [], "conflicts": [f"{d}: VM {vm!r} holds devices on host {elsewhere.host!r}"
+                                                     for d in devices]}
+            adopted, conflicts = [], []
+            for dev in sorted(devices):
+                row = c.execute(select(cd.c.holder).where(cd.c.host == name, cd.c.identity == dev)
+                                .with_for_update()).first()
+                if row is None:
+                    conflicts.append(f"{dev}: not published")
+                    continue
+                if row.holder is not None:
+                    other = c.execute(select(ca.c.vm).where(ca.c.id == row.holder)).scalar()
+                    if other != vm:
+                        conflicts.append(f"{dev}: VM {other!r} holds it in the cluster")
+                    continue
+                aid = c.execute(insert(ca).values(vm=vm, host=name, device=dev, state="confirmed", created=ts,
+                                                  confirmed=ts, epoch=epoch, reason=None)).inserted_primary_key[0]
+                c.execute(update(cd).where(cd.c.host == name, cd.c.identity == dev).values(holder=aid))
+                adopted.append(dev)
+            return {"adopted": adopted, "conflicts": conflicts}
+
+        return self.write(run)
+
+    def renew(self, name: str, epoch: int, ids: list[int]) -> int:
+        """Carry confirmed allocations the host still holds into its new epoch (after it joined again)."""
+
+        def run(c: Connection) -> int:
+            self._check_epoch(c, name, epoch, lock=True)
+            if not ids:
+                return 0
+            return c.execute(update(ca).where(ca.c.id.in_(sorted(ids)), ca.c.host == name,
+                                              ca.c.state == "confirmed").values(epoch=epoch)).rowcount
+
+        return self.write(run)
+
+    def drop(self, name: str, epoch: int, ids: list[int], reason: str) -> list[int]:
+        """The host's agent ends allocations on ``name``: ones it does not hold (``not held``) or could not take
+        over (``refused``). Refused with an old epoch (StaleEpoch). Returns the ids this call ended."""
+
+        def run(c: Connection) -> list[int]:
+            self._check_epoch(c, name, epoch, lock=True)
+            mine = [r.id for r in c.execute(select(ca.c.id).where(ca.c.id.in_(sorted(ids)), ca.c.host == name))]
+            return sorted(placement.end(c, mine, db_now(c), reason))
+
+        return self.write(run) if ids else []
 
 
 def case_free():
