@@ -3,7 +3,10 @@ no device was ever held twice, from the allocation history (not from counters)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from passthru.inventory.cluster import ClusterDevice
+from sysfs_builder import SysfsBuilder
 
 A100 = (0x10DE, 0x20B5)
 
@@ -22,6 +25,29 @@ def gpu_host(gpus: int = 8, pairs: bool = False) -> list[ClusterDevice]:
     out.append(ClusterDevice(identity="pci:0000:3b:00.0", kind="nic", vendor_id=0x8086, device_id=0x1572,
                              numa_node=0, iommu_group=40))
     return out
+
+
+def make_gpu_node(root: str | Path, gpus: int = 8) -> SysfsBuilder:
+    """A GPU node as a fixture tree: 2 sockets, each a root port -> PCIe switch (upstream port, downstream ports
+    with ACS) -> ``gpus // 2`` A100s, every GPU its own IOMMU group and already on vfio-pci (bound at boot), so a
+    takeover needs no driver move. Intel IOMMU on, iommu=pt."""
+    b = SysfsBuilder(root, nodes=2, cpus_per_node=4, auto_groups=True)
+    b.iommu("intel", units=2, group_type="identity")
+    b.proc("BOOT_IMAGE=/vmlinuz root=/dev/sda2 ro intel_iommu=on iommu=pt")
+    b.pci("0000:00:00.0", 0x8086, 0x2020, 0x060000, numa_node=0, link=None, reset_methods=())
+    per = gpus // 2
+    for node, bus in ((0, 0x10), (1, 0x90)):
+        rp, usp = f"0000:{bus - 1:02x}:00.0", f"0000:{bus:02x}:00.0"
+        b.bridge(rp, device=0x2030, numa_node=node)
+        b.bridge(usp, parent=rp, kind="upstream", vendor=0x10B5, device=0x8796, numa_node=node)
+        for i in range(per):
+            dsp = f"0000:{bus + 1:02x}:{i:02x}.0"
+            b.bridge(dsp, parent=usp, kind="downstream", vendor=0x10B5, device=0x8796, numa_node=node)
+            b.pci(f"0000:{bus + 8 + i:02x}:00.0", A100[0], A100[1], 0x030200, parent=dsp, driver="vfio-pci",
+                  driver_override="vfio-pci", numa_node=node, subsystem=(0x10DE, 0x1463), reset_methods=("flr",),
+                  bars=[("mem", 16 << 20), ("mem64pf", 64 << 30), ("mem64pf", 32 << 20)])
+    b.build()
+    return b
 
 
 def sriov_host() -> list[ClusterDevice]:

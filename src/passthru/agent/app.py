@@ -23,7 +23,8 @@ from ..service.session import Session
 from .error_handlers import add_handlers
 from .events import UdevSource
 from .gate import Gate
-from .routes import assignments, health, inventory, models, takeover, vf, vgpu, vms
+from .membership import ClusterOptions, Membership
+from .routes import assignments, cluster, health, inventory, models, takeover, vf, vgpu, vms
 from .state import Agent
 
 __all__ = ["create_app", "openapi_document", "API_VERSION"]
@@ -42,11 +43,12 @@ def _source(udev: Any, agent_host_live: bool) -> Any:
 def create_app(root: str | None = None, config_dir: str | None = None, state_dir: str | None = None, *,
                session_factory: Callable[[], Session] | None = None, kernel: Any = None, token: str | None = None,
                reconcile_on_start: bool = True, release_gone: bool = False, udev: Any = True,
-               debounce: float = 0.2, max_body: int = 1 << 20) -> FastAPI:
+               debounce: float = 0.2, max_body: int = 1 << 20, cluster: ClusterOptions | None = None) -> FastAPI:
     """The agent as an ASGI app. ``kernel``: the takeover's kernel boundary (tests: a fake one on a fixture root;
     None: the real one). ``token``: required as ``Authorization: Bearer`` on every endpoint but /health (TCP).
     ``udev``: True for the kernel's hot-plug events on the live host, False for none, or an event source
-    (``events.QueueSource``). ``max_body``: the largest request body in bytes (413 above it)."""
+    (``events.QueueSource``). ``max_body``: the largest request body in bytes (413 above it). ``cluster``: publish
+    this host to a cluster database and carry out its reservations (membership.py)."""
     factory = session_factory or (lambda: Session(root, config_dir, state_dir))
     probe = factory()
     agent = Agent(factory, kernel=kernel, release_gone=release_gone,
@@ -55,15 +57,21 @@ def create_app(root: str | None = None, config_dir: str | None = None, state_dir
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         await run_in_threadpool(lambda: agent.start(reconcile=reconcile_on_start))
+        if agent.membership is not None:
+            agent.membership.start()
         try:
             yield
         finally:
+            if agent.membership is not None:
+                await run_in_threadpool(agent.membership.stop)
             agent.stop()
 
     app = FastAPI(title="passthru agent", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json",
                   description="VM device passthrough for this KVM host: inventory, IOMMU groups, doctor, vfio-pci "
                               "takeover, assignments, hot plug. docs/agent.md describes it.")
+    if cluster is not None:
+        agent.membership = Membership(agent, cluster)
     app.state.agent = agent
     app.add_middleware(Gate, agent=agent, token=token, max_body=max_body)
     add_handlers(app, agent)
@@ -86,6 +94,7 @@ def _add_routes(app: FastAPI, agent: Agent) -> None:
     vms.add_writes(app, agent)  # POST /attach /detach
     vgpu.add_routes(app, agent)  # /vgpu/types, /vgpu/instances[/{ident}]
     vf.add_routes(app, agent)  # /vf, /vf/count, /vf/set, /vf/reset
+    cluster.add_routes(app, agent)  # /cluster, /cluster/hosts|devices|allocations|place|release|fence
 
 
 def openapi_document() -> dict:

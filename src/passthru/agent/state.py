@@ -154,6 +154,7 @@ class Agent:
         self.last_reconcile: dict | None = None
         self.started = time.time()
         self.connections: Any = None  # the server's limits.Connections, when served (for /metrics)
+        self.membership: Any = None  # membership.Membership with --cluster
         self._namer = first.namer()
         self._refresh_lock = threading.Lock()
         self._start_lock = threading.RLock()
@@ -257,6 +258,8 @@ class Agent:
                 self.counters.refreshes += 1
                 self.counters.refresh_seconds = took
         if any(change[k] for k in change):
+            if self.membership is not None:
+                self.membership.changed(change)  # the cluster hears of it too
             entry = {"time": iso_now(snap.time), "reason": reason, "generation": gen, **change}
             self.changes.append(entry)
             for ident in change["lost"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -48,6 +48,17 @@ def serve(
         "--release-gone", help="On reconcile, release the devices of VMs whose QEMU process is gone.")] = False,
     no_reconcile: Annotated[bool, typer.Option("--no-reconcile", help="Do not reconcile at start.")] = False,
     no_hotplug: Annotated[bool, typer.Option("--no-hotplug", help="Ignore the kernel's hot-plug events.")] = False,
+    cluster: Annotated[Optional[str], typer.Option(
+        "--cluster", metavar="URL", help="Join the cluster whose database is URL (postgresql+psycopg://USER@HOST/DB): "
+                                         "publish this host's devices, heartbeat, take reservations over and confirm "
+                                         "them (docs/cluster.md).")] = None,
+    cluster_name: Annotated[Optional[str], typer.Option(
+        "--cluster-name", metavar="HOST", help="This host's name in the cluster [default: its hostname].")] = None,
+    advertise: Annotated[Optional[str], typer.Option(
+        "--advertise", metavar="HOST:PORT", help="The address the cluster lists for this agent [default: --listen "
+                                                 "when TCP].")] = None,
+    heartbeat: Annotated[float, typer.Option(
+        "--heartbeat", metavar="SECONDS", help="Heartbeat and reconcile with the cluster this often.")] = 5.0,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     install_unit: Annotated[bool, typer.Option(
         "--install-unit", help="Write passthru-agent.service to /etc/systemd/system and enable it, then exit.")]
@@ -57,6 +68,7 @@ def serve(
     kept in memory and refreshed on hot-plug events, reconcile at start, Prometheus /metrics.
 
     Examples: `passthru serve` (unix socket), `passthru serve --listen 127.0.0.1:8080`,
+    `passthru serve --cluster postgresql+psycopg://passthru@db/passthru --cluster-name gpu-07`,
     `passthru serve --listen 0.0.0.0:8443 --allow-remote --tls-cert cert.pem --tls-key key.pem`,
     `curl --unix-socket /run/passthru/agent.sock http://agent/devices`, `passthru serve --install-unit`.
     """
@@ -85,13 +97,42 @@ def serve(
     if where.kind == "tcp":  # judged before anything is written or bound: a refusal is one line and changes nothing
         assert where.host is not None and where.port is not None
         reach = check_remote(where, resolve_tcp(where.host, where.port)[1], allow_remote)
+    member = None
+    if cluster is not None:
+        member = _cluster_options(c, cluster, cluster_name, advertise or (str(where) if where.kind == "tcp" else None),
+                                  heartbeat)
     _serve(c, where, limits, tls, reach, allow_remote=allow_remote, token_file=token_file, log_level=log_level,
-           reconcile=not no_reconcile, release_gone=release_gone, hotplug=not no_hotplug)
+           reconcile=not no_reconcile, release_gone=release_gone, hotplug=not no_hotplug, cluster=member)
+
+
+def _cluster_options(c: Session, url: str, name: str | None, address: str | None,  # type: ignore[no-untyped-def]
+                     heartbeat: float):
+    """--cluster checked before anything listens: a usable name, an interval, a database that answers, and not the
+    host's own inventory (two hosts' local tables must never share one database)."""
+    from ..agent.membership import ClusterOptions
+    from ..inventory.cluster import ClusterStore
+    from ..inventory.cluster.records import check_host_name
+    from ..inventory.store import DB_ENV
+
+    host = name or os.uname().nodename
+    check_host_name(host)
+    if not 0.5 <= heartbeat <= 60:
+        raise UsageError(f"--heartbeat {heartbeat:g}: between 0.5 and 60 seconds (a host is suspect after 15 s "
+                         "without one)")
+    if os.environ.get(DB_ENV) == url:
+        raise UsageError(f"--cluster names the same database as {DB_ENV}, this host's own inventory; keep the "
+                         f"host's inventory local (unset {DB_ENV}) and give the cluster's URL to --cluster only")
+    probe = ClusterStore(url)
+    try:
+        probe.hosts()  # an unreachable or wrong URL: one line, exit 2, before the agent starts
+    finally:
+        probe.close()
+    return ClusterOptions(url, host, address, heartbeat)
 
 
 def _serve(c: Session, where: Listen, limits: Limits, tls: tuple[str, str] | None, reach: str | None, *,
            allow_remote: bool, token_file: str | None, log_level: str, reconcile: bool, release_gone: bool,
-           hotplug: bool) -> None:
+           hotplug: bool, cluster: Any = None) -> None:
     from ..agent import logfilter
     from ..agent.limits import raise_fd_limit
     from ..agent.server import AgentServer, load_token
@@ -110,7 +151,7 @@ def _serve(c: Session, where: Listen, limits: Limits, tls: tuple[str, str] | Non
 
     application = create_app(c.host.base, c.paths.config_dir, c.paths.state_dir, token=token,
                              reconcile_on_start=reconcile, release_gone=release_gone, udev=hotplug,
-                             max_body=limits.max_body)
+                             max_body=limits.max_body, cluster=cluster)
     server = AgentServer(application, where, log_level=log_level.lower(), limits=limits, tls=tls,
                          allow_remote=allow_remote)
     actual = server.open()

@@ -154,13 +154,34 @@ class Publisher:
             return self._guarded(self._reconcile)
 
     def _reconcile(self) -> dict:
+        """One pass of the table in the module's docstring. Releases here come first: a device the cluster took from
+        one VM may already be reserved for the next."""
         assert self.epoch is not None
         epoch = self.epoch
-        view = self.cs.host_view(self.name, epoch)
-        held = self._held(view["devices"])
+        mine = self._held()
+        view = self.cs.host_view(self.name, epoch, list(mine.items()))
+        held = {d: vm for d, vm in mine.items() if d in view["devices"]}
         report: dict = {"host": self.name, "epoch": epoch, "confirmed": [], "taken": [], "refused": [],
                         "renewed": 0, "dropped": [], "released_here": [], "adopted": [], "conflicts": []}
         live_by_dev = {a["device"]: a for a in view["live"]}
+        gone: dict[str, list[str]] = {}
+        adopt: dict[str, list[str]] = {}
+        disputed: set[str] = set()
+        for dev, vm in sorted(held.items()):
+            live = live_by_dev.get(dev)
+            if live is not None and live["vm"] == vm:
+                continue
+            why = view["ended"].get((dev, vm))
+            if why in _ENDED_HERE:
+                gone.setdefault(f"{vm}\0{why}", []).append(dev)
+            elif live is not None:
+                disputed.add(dev)
+                report["conflicts"].append(f"{dev}: held here by VM {vm!r}, in the cluster by {live['vm']!r}")
+            else:
+                adopt.setdefault(vm, []).append(dev)
+        for key, devs in gone.items():
+            vm, why = key.split("\0")
+            self._release_here(vm, devs, held, report, why)
         reserved: dict[str, list[dict]] = {}
         stale, keep = [], []
         expired = False
@@ -173,7 +194,7 @@ class Publisher:
             elif held.get(a["device"]) == a["vm"]:
                 if a["epoch"] != epoch:
                     keep.append(a["id"])
-            else:
+            elif a["device"] not in disputed:  # held here by another VM: reported, left to the operator
                 stale.append(a)
         if expired:
             self.cs.sweep()  # whoever notices an expired reservation frees it
@@ -186,23 +207,6 @@ class Publisher:
                 log.warning("VM %r no longer holds %s on this host: released in the cluster", a["vm"], a["device"])
         for vm, rows in reserved.items():
             self._take(vm, rows, held, report)
-        for dev, vm in sorted(held.items()):
-            live = live_by_dev.get(dev)
-            if live is not None:
-                if live["vm"] != vm:
-                    report["conflicts"].append(f"{dev}: held here by VM {vm!r}, in the cluster by {live['vm']!r}")
-                continue
-            ended = view["ended"].get(dev)
-            if ended is not None and ended["vm"] == vm and ended["reason"] in _ENDED_HERE:
-                self._release_here(vm, [dev], held, report, ended["reason"])
-        adopt: dict[str, list[str]] = {}
-        for dev, vm in sorted(held.items()):
-            if dev in live_by_dev:
-                continue
-            ended = view["ended"].get(dev)
-            if ended is not None and ended["vm"] == vm and ended["reason"] in _ENDED_HERE:
-                continue  # released above
-            adopt.setdefault(vm, []).append(dev)
         for vm, devs in adopt.items():
             out = self.cs.adopt(self.name, epoch, vm, devs)
             report["adopted"] += [f"{vm}:{d}" for d in out["adopted"]]
@@ -212,14 +216,14 @@ class Publisher:
         self.last = report
         return report
 
-    def _held(self, published: set[str]) -> dict[str, str]:
-        """identity -> VM for this host's published devices that a local assignment holds."""
+    def _held(self) -> dict[str, str]:
+        """identity -> VM for the PCI devices a local assignment holds."""
         if self._local is None:
             s = self.session_factory()
             if not s.has_inventory():
                 return {}  # nothing was ever assigned here: no database to create
             self._local = open_store(s)
-        return {a.device: a.vm for a in self._local.assignments() if a.device in published}
+        return {a.device: a.vm for a in self._local.assignments() if pci_address(a.device)}
 
     def close(self) -> None:
         if self._local is not None:

@@ -22,7 +22,7 @@ import re
 import time
 from typing import Callable, TypeVar
 
-from sqlalchemy import Connection, and_, case, func, insert, select, update
+from sqlalchemy import Connection, and_, case, func, insert, select, tuple_, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ...errors import HostError, InventoryError, NotFoundError, UsageError
@@ -298,10 +298,11 @@ class ClusterStore:
         return self.read(lambda c: [dict(r) for r in c.execute(q).mappings()])
 
     # -- what a host's agent does -----------------------------------------------------------------------------------
-    def host_view(self, name: str, epoch: int) -> dict:
-        """What the agent reconciles against: the live allocations on ``name`` (``live``), per device the newest
-        ended one (``ended``: device -> {vm, reason}), the identities published (``devices``) and the database's
-        time (``now``). Refused with an old epoch (StaleEpoch)."""
+    def host_view(self, name: str, epoch: int, held: list[tuple[str, str]] = ()) -> dict:  # type: ignore[assignment]
+        """What the agent reconciles against: the live allocations on ``name`` (``live``); for each (device, VM) the
+        host holds (``held``), the reason its newest ended allocation ended (``ended``: absent when the cluster
+        never had one); the identities published (``devices``) and the database's time (``now``). Refused with an
+        old epoch (StaleEpoch)."""
 
         def run(c: Connection) -> dict:
             self._check_epoch(c, name, epoch, lock=False)
@@ -309,10 +310,13 @@ class ClusterStore:
                                                       ca.c.expires).where(ca.c.host == name,
                                                                           ca.c.state.in_(LIVE_STATES))
                                                .order_by(ca.c.id)).mappings()]
-            newest = (select(ca.c.device, func.max(ca.c.id).label("id"))
-                      .where(ca.c.host == name, ca.c.state == "released").group_by(ca.c.device).subquery())
-            ended = {r.device: {"vm": r.vm, "reason": r.reason, "id": r.id} for r in c.execute(
-                select(ca.c.id, ca.c.device, ca.c.vm, ca.c.reason).join(newest, newest.c.id == ca.c.id))}
+            ended: dict[tuple[str, str], str] = {}
+            pairs = sorted(set(held))
+            for i in range(0, len(pairs), 500):
+                for r in c.execute(select(ca.c.device, ca.c.vm, ca.c.reason)
+                                   .where(ca.c.host == name, ca.c.state == "released",
+                                          tuple_(ca.c.device, ca.c.vm).in_(pairs[i:i + 500])).order_by(ca.c.id)):
+                    ended[(r.device, r.vm)] = r.reason  # the newest wins
             devices = {r.identity for r in c.execute(select(cd.c.identity).where(cd.c.host == name))}
             return {"now": db_now(c), "live": live, "ended": ended, "devices": devices}
 
