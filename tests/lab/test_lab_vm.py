@@ -121,3 +121,44 @@ def test_attach_and_detach_over_qmp(guest: GuestRun):
     assert [(a["device"], a["state"]) for a in rows] == [(f"pci:{nic}", "released")]
     assert int(guest.file("again.rc")) == 2  # nothing held any more: a clear error, not a hang
     assert guest.file("driver.end").strip() == "e1000e"
+
+
+@in_guest(NICS + r"""
+nic=${nics[1]##*/}; echo $nic > nic.txt
+db=sqlite:////tmp/cluster.db
+count() {  # allocations of VM cvm in STATE in the cluster database (sqlite3: no SQLAlchemy start-up per poll)
+    python3 -c "import sqlite3,sys; c=sqlite3.connect('/tmp/cluster.db'); print(c.execute(\"select count(*) from cluster_allocations where vm='cvm' and state=?\", (sys.argv[1],)).fetchone()[0])" "$1" 2>/dev/null || echo 0
+}
+hosts() { python3 -c "import sqlite3; c=sqlite3.connect('/tmp/cluster.db'); print(c.execute(\"select count(*) from hosts where state='up'\").fetchone()[0])" 2>/dev/null || echo 0; }
+local_held() { python3 -c "import sqlite3; c=sqlite3.connect('/var/lib/passthru/passthru.db'); print(c.execute(\"select count(*) from assignments where vm='cvm' and state in ('pending','reserved','attached')\").fetchone()[0])" 2>/dev/null || echo 0; }
+# the agent joins the cluster (a SQLite cluster database on this machine: one machine's trial) and waits for work
+passthru serve --listen unix:/tmp/pt.sock --no-hotplug --cluster $db --cluster-name lab --heartbeat 1 \
+    > serve.log 2>&1 & spid=$!
+for i in $(seq 300); do [ "$(hosts)" = 1 ] && break; sleep 1; done
+drv $nic > driver.before
+passthru cluster place cvm $nic --host lab --db $db --json > place.json
+for i in $(seq 300); do [ "$(count confirmed)" = 1 ] && break; sleep 1; done
+count confirmed > confirmed.count
+drv $nic > driver.taken
+passthru assignments cvm --json > local.json
+passthru cluster release cvm --db $db --json > release.json
+for i in $(seq 300); do [ "$(local_held)" = 0 ] && break; sleep 1; done
+local_held > local.after
+kill $spid; wait $spid; echo $? > serve.rc
+passthru restore $nic > /dev/null
+drv $nic > driver.end
+""", boot=BOOT, timeout=600)
+def test_the_agent_in_a_cluster_takes_a_placement_over_on_the_real_kernel(guest: GuestRun):
+    """`passthru serve --cluster` on the real kernel: a placement on this host is taken over by the agent (the NIC
+    really moves to vfio-pci, the claim is recorded here) and confirmed; a release in the cluster is mirrored."""
+    guest.check()
+    nic = guest.file("nic.txt").strip()
+    assert guest.file("driver.before").strip() == "e1000e"
+    assert guest.json("place.json")["host"] == "lab"
+    assert guest.file("confirmed.count").strip() == "1", guest.file("serve.log")[-3000:]
+    assert guest.file("driver.taken").strip() == "vfio-pci"
+    assert [a["device"] for a in guest.json("local.json")["assignments"]] == [f"pci:{nic}"]
+    assert [r["device"] for r in guest.json("release.json")["released"]] == [f"pci:{nic}"]
+    assert guest.file("local.after").strip() == "0", guest.file("serve.log")[-3000:]
+    assert guest.file("serve.rc").strip() == "0"
+    assert guest.file("driver.end").strip() == "e1000e"
