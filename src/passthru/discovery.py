@@ -62,6 +62,23 @@ class Inventory:
                 return f
         return None
 
+    def upstream(self, address: str) -> list[str]:
+        """The bridges above the function at ``address``, nearest first, up to its root port (or root bus)."""
+        chain: list[str] = []
+        fn = self.pci_function(address)
+        p = fn.parent if fn is not None else None
+        while p is not None and p not in chain:
+            chain.append(p)
+            up = self.pci_function(p)
+            p = up.parent if up is not None else None
+        return chain
+
+    def switch_of(self, address: str) -> str | None:
+        """The PCIe switch the function sits behind: the upstream bridge just below its root port (None when it
+        hangs off the root port or the root bus). Devices with one switch can reach each other peer-to-peer."""
+        chain = self.upstream(address)
+        return chain[-2] if len(chain) >= 2 else None
+
     def group_mates(self, address: str) -> list[PciFunction]:
         fn = self.pci_function(address)
         if fn is None or fn.iommu_group is None:

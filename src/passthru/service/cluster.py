@@ -47,18 +47,6 @@ def open_cluster(s: Session, db: str | None, **kw: float) -> ClusterStore:
     return ClusterStore(cluster_url(s, db), **kw)
 
 
-def _switch(inv, fn) -> str | None:  # type: ignore[no-untyped-def]
-    """The PCIe switch a function sits behind: the upstream bridge just below its root port (None when the
-    function hangs off the root port or the root bus)."""
-    chain: list[str] = []
-    p = fn.parent
-    while p is not None and p not in chain:
-        chain.append(p)
-        up = inv.pci_function(p)
-        p = up.parent if up is not None else None
-    return chain[-2] if len(chain) >= 2 else None
-
-
 def local_devices(s: Session) -> list[ClusterDevice]:
     """This host's PCI devices a VM could be given, as the cluster sees them: GPUs, NICs, NVMe drives and custom
     models. Left out: bridges, a GPU's audio companion (it goes with its GPU), the boot VGA (the host's console)
@@ -73,7 +61,7 @@ def local_devices(s: Session) -> list[ClusterDevice]:
             continue
         out.append(ClusterDevice(identity=f"pci:{fn.address}", kind=d.kind, model=d.model,
                                  vendor_id=fn.vendor_id, device_id=fn.device_id,
-                                 numa_node=fn.numa_node if fn.numa_node >= 0 else None, switch=_switch(inv, fn),
+                                 numa_node=fn.numa_node if fn.numa_node >= 0 else None, switch=inv.switch_of(fn.address),
                                  iommu_group=fn.iommu_group, parent=f"pci:{fn.physfn}" if fn.physfn else None,
                                  vfio=fn.driver))
     return out
