@@ -76,6 +76,10 @@ class AssignBody(Body):
     numa_policy: Literal["strict", "prefer"] = "strict"
     vm_uuid: Uuid | None = None
     bind: bool = Field(True, description="Move PCI devices to vfio-pci (false: record only).")
+    count: Integer = Field(1, ge=1, le=64, description="How many devices of each kind/model spec.")
+    same_switch: bool = Field(False, description="Kind/model picks all behind one PCIe switch (or root port).")
+    same_numa: bool = Field(False, description="Kind/model picks all on one NUMA node.")
+    allow_split: bool = Field(False, description="When none holds them all, take the best split.")
 
 
 class ReleaseBody(Body):

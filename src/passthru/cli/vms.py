@@ -24,6 +24,12 @@ def assign(
                                                "usb:VVVV:PPPP[:SERIAL] | usb:BUS-PORT | serial:/dev/ttyS1 | mdev:UUID")],
     numa: Annotated[Optional[int], typer.Option("--numa", help="Pick devices on this NUMA node.")] = None,
     numa_policy: Annotated[str, typer.Option("--numa-policy", help="strict (fail) or prefer (fall back).")] = "strict",
+    count: Annotated[int, typer.Option("--count", help="How many devices of each kind/model SPEC.")] = 1,
+    same_switch: Annotated[bool, typer.Option("--same-switch", help="Kind/model picks all behind one PCIe switch "
+                                                                    "(or one root port).")] = False,
+    same_numa: Annotated[bool, typer.Option("--same-numa", help="Kind/model picks all on one NUMA node.")] = False,
+    allow_split: Annotated[bool, typer.Option("--allow-split", help="When no switch/node holds them all, take the "
+                                                                    "best split the refusal names.")] = False,
     vm_uuid: Annotated[Optional[str], typer.Option("--uuid", help="The VM's UUID, recorded.")] = None,
     no_bind: Annotated[bool, typer.Option("--no-bind", help="Record only; do not move PCI devices to vfio-pci.")] = False,
     mac: Annotated[Optional[str], typer.Option("--mac", help="NIC VF: MAC address.")] = None,
@@ -42,7 +48,8 @@ def assign(
     Examples: `passthru assign vm1 0000:86:00.0`, `passthru assign vm1 gpu --numa 1`,
     `passthru assign vm1 usb:0403:6001 serial:/dev/ttyS4`, `passthru assign vm1 0000:3b:00.2 --mac
     52:54:00:12:34:56 --vlan 100 --spoofchk on` (a VF, configured through its PF; put back on release),
-    `passthru assign vm1 gpu --dry-run` (what would be claimed and moved; same refusals, nothing changed).
+    `passthru assign vm1 gpu --dry-run` (what would be claimed and moved; same refusals, nothing changed),
+    `passthru assign vm1 gpu --count 2 --same-switch --same-numa` (two GPUs under one PCIe switch, one node).
     """
     from ..service.assign import assign as do_assign
 
@@ -51,7 +58,8 @@ def assign(
                             "min_tx_rate": rate_min, "max_tx_rate": rate_max, "link_state": link_state}.items()
           if v is not None}
     res = do_assign(c, vm, specs, numa=numa, numa_policy=numa_policy, vm_uuid=vm_uuid, bind=not no_bind,
-                    vf_options=vf or None, dry_run=dry_run)
+                    vf_options=vf or None, dry_run=dry_run, count=count, same_switch=same_switch,
+                    same_numa=same_numa, allow_split=allow_split)
     if as_json:
         emit_json(res.to_json())
         return

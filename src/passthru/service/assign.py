@@ -18,7 +18,6 @@ from ..discovery import Inventory
 from ..errors import NotFoundError, PassthruError, UsageError
 from ..failpoints import hit
 from ..host.iommu import is_vfio_driver
-from ..host.usage import host_uses
 from ..identity import parse as parse_identity
 from ..identity import pci_address
 from ..inventory.records import records_from
@@ -37,6 +36,7 @@ from .kind_state import configure_vfs as _configure_vfs
 from .kind_state import hook_path as _hook_path  # reconcile and the dry runs import these from here
 from .kind_state import undo_kind as _undo_kind
 from .session import Session
+from .together import choose_together, host_use
 
 __all__ = ["AssignResult", "open_store", "sync", "assign", "pci_addresses", "undo_assign", "assignment_json",
            "group_identities"]
@@ -181,7 +181,7 @@ def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], n
                     why = "; ".join(f"{parse_identity(x.device).key} ({use})" for x, use in aside)
                     raise ClaimError(f"{e}; skipped because the host uses them: {why}") from None
                 raise
-            use = _host_uses(inv, addr) if (addr := pci_address(a.device)) else None
+            use = host_use(inv, addr) if (addr := pci_address(a.device)) else None
             if use:
                 aside.append((a, use))
                 continue
@@ -191,23 +191,19 @@ def _pick(store: Store, inv: Inventory, vm: str, spec: Spec, models: set[str], n
             store.release(vm, x.device)
 
 
-def _host_uses(inv: Inventory, address: str) -> str | None:
-    """What the host uses a device or its group mates for (the first use, one line), or None."""
-    addrs = [address] + [f.address for f in inv.group_mates(address) if not f.is_bridge]
-    uses = [u for us in host_uses(inv.root, addrs).values() for u in us]
-    return None if not uses else uses[0].detail if uses[0].address == address else \
-        f"group mate {uses[0].address}: {uses[0].detail}"
-
-
 def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, numa_policy: str = "strict",
            vm_uuid: str | None = None, bind: bool = True, kernel: object | None = None,
-           vf_options: dict | None = None, keep_driver: Collection[str] = (), dry_run: bool = False) -> AssignResult:
+           vf_options: dict | None = None, keep_driver: Collection[str] = (), dry_run: bool = False,
+           count: int = 1, same_switch: bool = False, same_numa: bool = False,
+           allow_split: bool = False) -> AssignResult:
     """Claim the devices ``texts`` name for ``vm`` and take their PCI groups over for vfio-pci. ``vf_options``
     (mac, vlan, qos, spoofchk, trust, min_tx_rate, max_tx_rate, link_state) configure each NIC VF assigned, through
     its PF (kinds/nic_vf/); the prior settings are kept and put back on release. ``keep_driver``: PCI addresses
     the VM manager moves to vfio-pci itself (libvirt managed='yes', Proxmox hostpci): their groups are recorded
     (takeover "none") after the takeover's guards pass, and never bound here. ``dry_run``: the same checks,
-    claims and refusals in a rehearsal of the inventory that is rolled back, the takeover planned, nothing written."""
+    claims and refusals in a rehearsal of the inventory that is rolled back, the takeover planned, nothing written.
+    ``count``/``same_switch``/``same_numa``: each kind or model spec picks ``count`` devices together, behind one
+    PCIe switch and/or on one NUMA node (together.py; ``allow_split``: take the best split when none holds them)."""
     check_vm(vm)
     vm_uuid = None if vm_uuid is None else check_uuid(vm_uuid)
     if numa_policy not in ("strict", "prefer"):
@@ -219,13 +215,21 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
         normalize_settings(vf_options)  # bad VF settings are bad input: refused before anything is claimed
     if not specs:
         raise UsageError("name at least one device: a PCI address, a kind (gpu), a model, usb:..., serial:...")
+    together = None
+    if count != 1 or same_switch or same_numa:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise UsageError(f"--count must be 1 or more, got {count!r}")
+        together = dict(count=count, same_switch=same_switch, same_numa=same_numa, numa=numa, numa_policy=numa_policy,
+                        allow_split=allow_split)
+    elif allow_split:
+        raise UsageError("--allow-split goes with --same-switch or --same-numa")
     store = open_store(s, dry_run)
     pick = dict(numa=numa, numa_policy=numa_policy, vm_uuid=vm_uuid)
     if dry_run:
         with store.rehearsal():
-            inv, direct, pick["kept"] = _prepare(s, store, vm, specs, bind, keep_driver)
+            inv, specs, direct, pick["kept"] = _prepare(s, store, vm, specs, bind, keep_driver, together)
             return _rehearse(s, store, inv, vm, specs, direct, bind, vf_options, pick)
-    inv, direct, pick["kept"] = _prepare(s, store, vm, specs, bind, keep_driver)
+    inv, specs, direct, pick["kept"] = _prepare(s, store, vm, specs, bind, keep_driver, together)
     kept = pick["kept"]
     res = AssignResult(vm)
     before = {a.device for a in store.assignments(vm)}
@@ -263,14 +267,16 @@ def assign(s: Session, vm: str, texts: list[str], *, numa: int | None = None, nu
     return res
 
 
-def _prepare(s: Session, store: Store, vm: str, specs: list[Spec], bind: bool,
-             keep_driver: Collection[str]) -> tuple[Inventory, list[str], set[str]]:
+def _prepare(s: Session, store: Store, vm: str, specs: list[Spec], bind: bool, keep_driver: Collection[str],
+             together: dict | None = None) -> tuple[Inventory, list[Spec], list[str], set[str]]:
     """Discovery into the store, then the identities the specs name directly and every refusal that needs no
     claim: the kinds' (a serial port held open, a USB port whose device changed) and the takeover guards' for the
     PCI devices named (what `bind` would refuse: a mounted disk, the boot VGA, a GPU hosting live vGPUs...; with
     --no-bind only live vGPUs, which forbid handing the device over whole, whoever binds it). Also the
     identities of the groups the VM manager binds itself (``keep_driver``, _kept_groups)."""
     inv = sync(s, store)
+    if together is not None:  # kind/model specs become the addresses chosen together
+        specs = choose_together(store, inv, {m.name for m in s.models()}, vm, specs, **together)
     direct: list[str] = []
     for spec in specs:
         for ident in _resolve(inv, store, spec):
@@ -285,7 +291,7 @@ def _prepare(s: Session, store: Store, vm: str, specs: list[Spec], bind: bool,
         plan_bind(s.host, todo, group=True)
     elif addrs:
         check_whole(s.host, addrs)
-    return inv, direct, kept
+    return inv, specs, direct, kept
 
 
 def _kept_groups(s: Session, inv: Inventory, named: set[str], keep: Collection[str]) -> set[str]:

@@ -37,7 +37,9 @@ def add_writes(app: FastAPI, agent: Agent) -> None:
     def assign(body: AssignBody) -> JSONResponse:
         res = agent.write(lambda s: service.assign(s, body.vm, body.devices, numa=body.numa,
                                                    numa_policy=body.numa_policy, vm_uuid=body.vm_uuid,
-                                                   bind=body.bind, kernel=agent.kernel), refresh="assign")
+                                                   bind=body.bind, kernel=agent.kernel, count=body.count,
+                                                   same_switch=body.same_switch, same_numa=body.same_numa,
+                                                   allow_split=body.allow_split), refresh="assign")
         return JSONResponse(res.to_json())
 
     @app.post("/release", response_model=ReleaseDoc, responses=error_responses(400, 401, 404, 413, 422, 500),
