@@ -162,3 +162,29 @@ def test_the_agent_in_a_cluster_takes_a_placement_over_on_the_real_kernel(guest:
     assert guest.file("local.after").strip() == "0", guest.file("serve.log")[-3000:]
     assert guest.file("serve.rc").strip() == "0"
     assert guest.file("driver.end").strip() == "e1000e"
+
+
+@in_guest(NICS + r"""
+passthru model add lab-e1000e --vendor 8086 --device 10d3 --kind nic > /dev/null
+rc=0; passthru assign tv lab-e1000e --count 2 --same-switch > split.out 2> split.err || rc=$?; echo $rc > split.rc
+passthru assignments tv --json > none.json
+passthru assign tv lab-e1000e --count 2 --same-switch --allow-split --json > together.json
+for n in "${nics[@]}"; do echo "${n##*/} $(drv ${n##*/})"; done > drivers.taken
+passthru release tv --restore --json > release.json
+for n in /sys/bus/pci/devices/*; do [ "$(cat $n/vendor):$(cat $n/device)" = 0x8086:0x10d3 ] && echo "${n##*/} $(drv ${n##*/})"; done > drivers.end
+passthru model remove lab-e1000e > /dev/null
+""", boot=BOOT, timeout=300)
+def test_devices_chosen_together_on_the_real_kernel(guest: GuestRun):
+    """`assign --count 2 --same-switch`: the two e1000e sit on two root ports, so the refusal names the split and
+    claims nothing; `--allow-split` takes both and really moves them to vfio-pci; release gives them back."""
+    guest.check()
+    assert guest.file("split.rc").strip() == "2"
+    err = guest.file("split.err")
+    assert "best split" in err and "--allow-split" in err and len(err.strip().splitlines()) == 1
+    assert guest.json("none.json")["assignments"] == []
+    got = sorted(a["device"] for a in guest.json("together.json")["assignments"])
+    assert len(got) == 2 and sorted(guest.json("together.json")["bound"]) == [g[4:] for g in got]
+    taken = dict(line.split() for line in guest.file("drivers.taken").splitlines())
+    assert all(taken[g[4:]] == "vfio-pci" for g in got), taken
+    assert sorted(guest.json("release.json")["released"]) == got
+    assert all(line.split()[1] == "e1000e" for line in guest.file("drivers.end").splitlines())
