@@ -86,6 +86,12 @@ class Paths:
     def models_file(self) -> str:
         return self.config("models.toml")
 
+    def has_inventory(self) -> bool:
+        """Whether an inventory database may hold something: $PASSTHRU_DB_URL is set, or the SQLite file exists.
+        Without one, nothing is assigned, and a caller can skip importing SQLAlchemy (about 110 modules: 6 of the
+        16 s a `passthru reconcile` took in the TCG lab guest) and creating an empty database."""
+        return bool(os.environ.get("PASSTHRU_DB_URL")) or os.path.exists(os.path.join(self.state_dir, "passthru.db"))
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceModel:

@@ -42,13 +42,8 @@ class Session:
         return discover(self.host, self.models(), **kw)
 
     def has_inventory(self) -> bool:
-        """Whether an inventory database may hold something: $PASSTHRU_DB_URL is set, or the SQLite file exists.
-        Without one, nothing is assigned, and a caller can skip importing SQLAlchemy (about 110 modules: 6 of the
-        16 s a `passthru reconcile` took in the TCG lab guest) and creating an empty database."""
-        import os
-
-        return bool(os.environ.get("PASSTHRU_DB_URL")) or os.path.exists(os.path.join(self.paths.state_dir,
-                                                                                      "passthru.db"))
+        """Whether an inventory database may hold something (:meth:`Paths.has_inventory`)."""
+        return self.paths.has_inventory()
 
     def namer(self):
         if self._namer is None:

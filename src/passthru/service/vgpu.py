@@ -13,7 +13,6 @@ the two functions that need it, so ``vgpu list``, ``types`` and ``start-persiste
 
 from __future__ import annotations
 
-import os
 
 from ..config import Paths
 from ..host.root import HostRoot
@@ -54,7 +53,7 @@ def remove(h: HostRoot, paths: Paths, text: str, *, keep_definition: bool = Fals
 
 def holder(paths: Paths, identity: str) -> str | None:
     """The VM the inventory says holds ``identity`` (None without an inventory database)."""
-    if not os.environ.get("PASSTHRU_DB_URL") and not os.path.exists(os.path.join(paths.state_dir, "passthru.db")):
+    if not paths.has_inventory():
         return None
     from ..inventory.store import Store  # only when there is an inventory (see the module's docstring)
 
