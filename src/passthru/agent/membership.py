@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..inventory.cluster import ClusterStore
+from ..inventory.cluster.store import RESERVE_CHANNEL
 from ..service.publisher import HEARTBEAT_S, Publisher
 
 __all__ = ["ClusterOptions", "Membership"]
@@ -41,6 +42,30 @@ class Membership:
             self._thread = threading.Thread(target=self.publisher.run, args=(self._stop,), name="passthru-cluster",
                                             daemon=True)
             self._thread.start()
+            if self.cs.engine.dialect.name == "postgresql":
+                threading.Thread(target=self._listen, name="passthru-cluster-listen", daemon=True).start()
+
+    def _listen(self) -> None:
+        """PostgreSQL LISTEN on the placement channel: a reservation for this host wakes the publisher at once (the
+        heartbeat round would find it anyway, up to an interval later). A lost connection is opened again."""
+        import psycopg
+
+        conninfo = self.cs.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {RESERVE_CHANNEL}")
+                    delay = 0.5
+                    self.publisher.wake(sync=False)  # anything placed while we were not listening
+                    while not self._stop.is_set():
+                        for n in conn.notifies(timeout=1.0):
+                            if n.payload == self.publisher.name:
+                                self.publisher.wake(sync=False)
+            except psycopg.Error as e:
+                log.debug("cluster listener: %s; listening again in %.1f s", e, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
 
     def changed(self, change: dict) -> None:
         """The agent's inventory changed (hot plug): publish the devices again now."""

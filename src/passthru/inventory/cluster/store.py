@@ -34,10 +34,11 @@ from . import placement
 from .clock import db_now
 from .records import ClusterDevice, check_host_name, check_vm
 
-__all__ = ["ClusterStore", "RESERVE_TTL_S", "SUSPECT_AFTER_S", "DOWN_AFTER_S", "StaleEpoch"]
+__all__ = ["ClusterStore", "RESERVE_TTL_S", "RESERVE_CHANNEL", "SUSPECT_AFTER_S", "DOWN_AFTER_S", "StaleEpoch"]
 
 T = TypeVar("T")
 RESERVE_TTL_S = 60.0
+RESERVE_CHANNEL = "passthru_reserved"  # PostgreSQL NOTIFY channel: payload = the host a reservation was made on
 SUSPECT_AFTER_S = 15.0
 DOWN_AFTER_S = 60.0
 _RECONNECT_S = 30.0
