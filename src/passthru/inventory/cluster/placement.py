@@ -3,17 +3,18 @@ the sweep (stale hosts, expired reservations) and a host's device sync. Each run
 ``ClusterStore`` opens (READ COMMITTED on PostgreSQL, BEGIN IMMEDIATE on SQLite).
 
 Placement in one transaction:
-    1. an unlocked look at the free devices that match a spec, on hosts that are up, grouped by host (and NUMA node
-       and/or PCIe switch when asked); the groups that could satisfy the request, fullest fit first;
-    2. for each candidate group, in a savepoint: the host row ``FOR KEY SHARE`` (a fence waits for us, we see its
-       result), then per spec ``SELECT ... WHERE holder IS NULL ... FOR UPDATE SKIP LOCKED LIMIT n``: rows another
-       scheduler is taking are skipped, not waited for; a row freed or taken since our look is re-checked once
-       locked (READ COMMITTED re-evaluates the WHERE on the newest row version). Too few: roll the savepoint back
-       (its locks go) and try the next group;
+    1. an unlocked look, counted by the database: the groups (a host, or its NUMA node and/or PCIe switch when asked)
+       with enough free matching devices on hosts that are up, fullest fit first, at most 16; and whether the VM
+       already holds something. Nothing fits (or it holds something): the sweep runs, then the look again, then the
+       refusal says why (holds already, unknown host, spec matching nothing, no room);
+    2. for each candidate group: the host row ``FOR KEY SHARE`` (a fence waits for us, we see its result), then per
+       spec ``SELECT ... WHERE holder IS NULL ... FOR UPDATE SKIP LOCKED LIMIT n``: rows another scheduler is taking
+       are skipped, not waited for; a row freed or taken since our look is re-checked once locked (READ COMMITTED
+       re-evaluates the WHERE on the newest row version). Too few: the next group (several devices: after rolling
+       back to a savepoint, so that group's locks go; see ``place``);
     3. insert the allocations (``reserved``, expiring) and set each device's ``holder``.
 The partial unique index on live allocations is the last word if anything above were wrong.
 """
-
 from __future__ import annotations
 
 import re
@@ -21,8 +22,8 @@ from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Callable
 
-from sqlalchemy import (Connection, Float, String, and_, bindparam, cast, collate, exists, func, insert, or_, select,
-                        tuple_, update)
+from sqlalchemy import (Connection, Float, Select, String, and_, bindparam, cast, collate, exists, func, insert, or_,
+                        select, tuple_, update)
 
 from ...errors import NotFoundError, UsageError
 from ..base import ClaimError
@@ -56,7 +57,8 @@ def _placeable_if_free():  # type: ignore[no-untyped-def]
     subqueries the database runs once per statement instead of two per candidate row: not the PF of a published VF,
     and not in an IOMMU group of its host in which a device is held (the device itself is not: so a *mate* is)."""
     parents = select(_kid.c.host, _kid.c.parent).where(_kid.c.parent.is_not(None))
-    held = select(_mate.c.host, _mate.c.iommu_group).where(_mate.c.holder.is_not(None), _mate.c.iommu_group.is_not(None))
+    held = select(_mate.c.host, _mate.c.iommu_group).where(_mate.c.holder.is_not(None),
+                                                          _mate.c.iommu_group.is_not(None))
     return and_(tuple_(cd.c.host, cd.c.identity).not_in(parents),
                 or_(cd.c.iommu_group.is_(None), tuple_(cd.c.host, cd.c.iommu_group).not_in(held)))
 
@@ -141,12 +143,20 @@ def place(c: Connection, vm: str, wants: list[Want], *, count: int, same_numa: b
         fitting, held = _candidates(c, vm, wants, needs, same_numa, same_switch, host)
     if held or not fitting:
         _refuse(c, vm, wants, count, same_numa, same_switch, host)
-    c.exec_driver_sql("SAVEPOINT passthru_try")  # rolled back to (its locks go) after each group that fails
+    # several devices: a savepoint, rolled back to (its locks go) after each group that fails. One device: a group
+    # fails having locked no device (only its host row, FOR KEY SHARE, kept to the end), unless the IOMMU-group check
+    # failed after the device was locked: then Busy, the transaction ends (its locks go) and the store tries again
+    savepoint = count * len(wants) > 1
+    if savepoint:
+        c.exec_driver_sql("SAVEPOINT passthru_try")
     for k in fitting[:_MAX_TRIES]:
-        got = _try_group(c, k, needs, same_numa, same_switch)
+        got, locked = _try_group(c, k, needs, same_numa, same_switch)
         if got is not None:
             return _reserve(c, vm, k[0], got, ttl)
-        c.exec_driver_sql("ROLLBACK TO SAVEPOINT passthru_try")
+        if savepoint:
+            c.exec_driver_sql("ROLLBACK TO SAVEPOINT passthru_try")
+        elif locked:
+            break
     return Busy()
 
 
@@ -182,31 +192,25 @@ def _want_clause(form: str):  # type: ignore[no-untyped-def]
 
 
 def _want_params(w: Want) -> dict:
-    if w.form == "ids":
-        return {"b_v0": w.value[0], "b_v1": w.value[1]}
-    return {"b_v": w.value}
+    return {"b_v0": w.value[0], "b_v1": w.value[1]} if w.form == "ids" else {"b_v": w.value}
 
 
-_HELD = (select(ca.c.host).where(ca.c.vm == bindparam("b_vm"), ca.c.state.in_(LIVE_STATES)).limit(1)
-         .scalar_subquery())
+_HELD = select(ca.c.host).where(ca.c.vm == bindparam("b_vm"), ca.c.state.in_(LIVE_STATES)).limit(1).scalar_subquery()
 
 
 @lru_cache(maxsize=None)
-def _groups_stmt(pg: bool, form: str, same_numa: bool, same_switch: bool, on_host: bool):  # type: ignore[no-untyped-def]
+def _groups_stmt(pg: bool, form: str, same_numa: bool, same_switch: bool, on_host: bool) -> Select:
     """One spec: the groups (host, and NUMA node and/or switch when asked) with at least b_count free matching
     devices, fullest fit first (fewest free, then by key as text: the order the Python path sorts in; "C" collation
     on PostgreSQL, SQLite's default is the same code-point order), at most _MAX_TRIES; and whether the VM holds
     something (``held``: one of its hosts)."""
     keys = [cd.c.host] + ([cd.c.numa_node] if same_numa else []) + ([cd.c.switch] if same_switch else [])
     order = [cd.c.host] + ([cast(cd.c.numa_node, String)] if same_numa else []) + ([cd.c.switch] if same_switch else [])
+    known = [k.is_not(None) for k in keys[1:]]  # unknown NUMA node or switch: cannot promise "same"
     q = (select(*keys, func.count().label("n"), _HELD.label("held"))
          .select_from(cd.join(h, h.c.name == cd.c.host))
          .where(h.c.state == "up", cd.c.state == "present", cd.c.holder.is_(None), _want_clause(form),
-                _placeable_if_free()))
-    if same_numa:
-        q = q.where(cd.c.numa_node.is_not(None))
-    if same_switch:
-        q = q.where(cd.c.switch.is_not(None))
+                _placeable_if_free(), *known))
     if on_host:
         q = q.where(cd.c.host == bindparam("b_host"))
     return (q.group_by(*keys).having(func.count() >= bindparam("b_count"))
@@ -258,23 +262,21 @@ def _lock_stmt(form: str, n: int, same_numa: bool, same_switch: bool, others: bo
          .where(cd.c.host == bindparam("b_host"), cd.c.holder.is_(None), cd.c.state == "present", placeable(),
                 _want_clause(form))
          .order_by(cd.c.identity).limit(n).with_for_update(skip_locked=True))
-    if same_numa:
-        q = q.where(cd.c.numa_node == bindparam("b_numa"))
-    if same_switch:
-        q = q.where(cd.c.switch == bindparam("b_switch"))
+    q = q.where(*([cd.c.numa_node == bindparam("b_numa")] if same_numa else []),
+                *([cd.c.switch == bindparam("b_switch")] if same_switch else []))
     if others:
         q = q.where(cd.c.identity.not_in(bindparam("b_picked", expanding=True)))
     return q
 
 
 def _try_group(c: Connection, k: tuple, needs: list[tuple[Want, int]], same_numa: bool,
-               same_switch: bool) -> list | None:
-    """Lock the host row (FOR KEY SHARE: a fence waits for us) and the devices; None when too few could be had (the
-    caller rolls back to its savepoint, and the locks go)."""
+               same_switch: bool) -> tuple[list | None, bool]:
+    """Lock the host row (FOR KEY SHARE: a fence waits for us) and the devices. Returns the devices with the host's
+    epoch, or None and whether any device row was locked before it failed."""
     host, numa, switch = k
     up = c.execute(_HOST_LOCK, {"b_host": host}).first()
     if up is None:
-        return None
+        return None, False
     picked: list = []
     for want, n in needs:
         params = {"b_host": host, "b_numa": numa, "b_switch": switch, **_want_params(want)}
@@ -282,11 +284,11 @@ def _try_group(c: Connection, k: tuple, needs: list[tuple[Want, int]], same_numa
             params["b_picked"] = [p.identity for p in picked]
         rows = c.execute(_lock_stmt(want.form, n, same_numa, same_switch, bool(picked)), params).all()
         if len(rows) < n:
-            return None
+            return None, bool(picked or rows)
         picked += rows
     if any(r.has_mates for r in picked) and not _mates_free(c, host, picked):
-        return None
-    return [(up.epoch, r) for r in picked]
+        return None, True
+    return [(up.epoch, r) for r in picked], True
 
 
 def _mates_free(c: Connection, host: str, picked: list) -> bool:
@@ -307,7 +309,8 @@ def _mates_free(c: Connection, host: str, picked: list) -> bool:
 _FMT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 _INSERT = insert(ca).values(vm=bindparam("b_vm"), host=bindparam("b_host"), device=bindparam("b_device"),
                             state="reserved", epoch=bindparam("b_epoch"))
-_INSERT_AT = _INSERT.values(created=bindparam("b_created"), expires=bindparam("b_expires")).returning(ca.c.id)
+_INSERT_AT = _INSERT.values(created=bindparam("b_created"), expires=bindparam("b_expires")).returning(
+    ca.c.id, ca.c.created, ca.c.expires)
 # PostgreSQL: the server's clock at this statement, which runs after the locks were granted (so later than the
 # release that freed these devices), and the deadline; the same value as clock.db_now would have given then
 _INSERT_PG = _INSERT.values(
@@ -318,6 +321,16 @@ _SET_HOLDER = (update(cd).where(cd.c.host == bindparam("b_host"), cd.c.identity 
                .values(holder=bindparam("b_holder")))
 
 
+def _and_hold(ins):  # type: ignore[no-untyped-def]
+    """PostgreSQL: the INSERT and the device's holder in one statement (a data-modifying WITH)."""
+    a = ins.returning(ca.c.host, ca.c.device).cte("a")
+    return (update(cd).values(holder=a.c.id).where(cd.c.host == a.c.host, cd.c.identity == a.c.device)
+            .returning(a.c.id, a.c.created, a.c.expires))
+
+
+_HOLD_PG, _HOLD_PG_AT = _and_hold(_INSERT_PG), _and_hold(_INSERT_AT)
+
+
 def _reserve(c: Connection, vm: str, host: str, got: list, ttl: float) -> dict:
     out = []
     epoch = got[0][0]
@@ -325,15 +338,18 @@ def _reserve(c: Connection, vm: str, host: str, got: list, ttl: float) -> dict:
     pg = c.dialect.name == "postgresql"
     for _e, r in got:
         params = {"b_vm": vm, "b_host": host, "b_device": r.identity, "b_epoch": epoch}
-        if stamp is None and pg:
-            row = c.execute(_INSERT_PG, {**params, "b_ttl": float(ttl)}).one()
-            stamp = (row.created, row.expires)
+        if pg:
+            if stamp is None:
+                row = c.execute(_HOLD_PG, {**params, "b_ttl": float(ttl)}).one()
+                stamp = (row.created, row.expires)
+            else:
+                row = c.execute(_HOLD_PG_AT, {**params, "b_created": stamp[0], "b_expires": stamp[1]}).one()
         else:
             if stamp is None:
                 locked = db_now(c)  # after the locks: later than the release that freed these devices
                 stamp = (locked, shift(locked, ttl))
             row = c.execute(_INSERT_AT, {**params, "b_created": stamp[0], "b_expires": stamp[1]}).one()
-        c.execute(_SET_HOLDER, {"b_host": host, "b_identity": r.identity, "b_holder": row.id})
+            c.execute(_SET_HOLDER, {"b_host": host, "b_identity": r.identity, "b_holder": row.id})
         out.append({"allocation": row.id, "identity": r.identity, "kind": r.kind, "model": r.model,
                     "numa_node": r.numa_node, "switch": r.switch, "iommu_group": r.iommu_group})
     assert stamp is not None
@@ -385,11 +401,9 @@ def end(c: Connection, ids: list[int], ts: str, reason: str) -> set[int]:
     if not ids:
         return set()
     rows = c.execute(_END, {"b_ids": sorted(ids), "b_ts": ts, "b_reason": reason}).all()
-    frees = [{"b_host": r.host, "b_identity": r.device, "b_id": r.id} for r in sorted(rows, key=lambda r: (r.host, r.device))]
-    if len(frees) == 1:
-        c.execute(_FREE, frees[0])
-    elif frees:
-        c.execute(_FREE, frees)
+    frees = [{"b_host": r.host, "b_identity": r.device, "b_id": r.id} for r in rows]
+    if frees:  # in (host, device) order, as every transaction that frees several does
+        c.execute(_FREE, sorted(frees, key=lambda f: (f["b_host"], f["b_identity"])))
     return {r.id for r in rows}
 
 
