@@ -110,7 +110,11 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(eng, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READONLY) else "BEGIN IMMEDIATE")
+        sql = "BEGIN" if conn.get_execution_options().get(_READONLY) else "BEGIN IMMEDIATE"
+        try:  # on the driver's connection: SQLAlchemy's statement machinery costs more than SQLite's BEGIN
+            conn.connection.dbapi_connection.execute(sql)  # type: ignore[union-attr]
+        except sqlite3.Error as e:  # as exec_driver_sql would raise it: "database is locked" is an OperationalError
+            raise DBAPIError.instance(sql, None, e, sqlite3.Error) from None
 
     return eng
 
