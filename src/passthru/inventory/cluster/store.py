@@ -82,9 +82,10 @@ class ClusterStore:
             self._sweep_at = 0.0  # monotonic time of the next sweep a placement runs first (ClusterStore.place)
 
     def _retrying(self, op: Callable[[], T]) -> T:
-        """``op`` again while the database is away (a restart, a failover): the pool's pre-ping replaces dead
-        connections, and a transaction cut in the middle was rolled back by the server, so running it again is
-        safe. After about 30 s: HostError naming the database."""
+        """``op`` again while the database is away (a restart, a failover): the pool replaces dead connections (pinged
+        before use after 1 s idle; a lost connection seen by a statement invalidates the pool), and a transaction cut
+        in the middle was rolled back by the server, so running it again is safe. After about 30 s: HostError
+        naming the database."""
         delay = 0.05
         deadline = time.monotonic() + _RECONNECT_S
         while True:
