@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Callable
 
-from sqlalchemy import (Connection, Float, Select, String, and_, bindparam, cast, collate, exists, func, insert, or_,
-                        select, tuple_, update)
+from sqlalchemy import (Connection, Float, Select, String, and_, bindparam, cast, collate, exists, func, insert,
+                        literal_column, or_, select, tuple_, update)
 
 from ...errors import NotFoundError, UsageError
 from ..base import ClaimError
@@ -103,12 +103,6 @@ def parse_want(text: str) -> Want:
 
 class Busy:
     """Every group that fits was being taken by other schedulers at that moment: try again."""
-
-
-def _key(row, same_numa: bool, same_switch: bool) -> tuple | None:  # type: ignore[no-untyped-def]
-    if same_numa and row.numa_node is None or same_switch and row.switch is None:
-        return None  # unknown NUMA node or switch: cannot promise "same"
-    return (row.host, row.numa_node if same_numa else None, row.switch if same_switch else None)
 
 
 def _fits(rows: list, needs: list[tuple[Want, int]]) -> bool:
@@ -195,7 +189,8 @@ def _want_params(w: Want) -> dict:
     return {"b_v0": w.value[0], "b_v1": w.value[1]} if w.form == "ids" else {"b_v": w.value}
 
 
-_HELD = select(ca.c.host).where(ca.c.vm == bindparam("b_vm"), ca.c.state.in_(LIVE_STATES)).limit(1).scalar_subquery()
+_LIVE = ca.c.state.in_([literal_column(f"'{s}'") for s in LIVE_STATES])  # the values in the SQL: nothing to expand
+_HELD = select(ca.c.host).where(ca.c.vm == bindparam("b_vm"), _LIVE).limit(1).scalar_subquery()
 
 
 @lru_cache(maxsize=None)
@@ -239,9 +234,9 @@ def _candidates(c: Connection, vm: str, wants: list[Want], needs: list[tuple[Wan
         free = free.where(cd.c.host == host)
     groups: dict[tuple, list] = {}
     for r in c.execute(free.order_by(cd.c.host, cd.c.identity)):
-        k = _key(r, same_numa, same_switch)
-        if k is not None:
-            groups.setdefault(k, []).append(r)
+        if same_numa and r.numa_node is None or same_switch and r.switch is None:
+            continue  # unknown NUMA node or switch: cannot promise "same"
+        groups.setdefault((r.host, r.numa_node if same_numa else None, r.switch if same_switch else None), []).append(r)
     fitting = sorted((k for k, rows in groups.items() if _fits(rows, needs)),
                      key=lambda k: (len(groups[k]), tuple("" if x is None else str(x) for x in k)))
     return fitting, False
@@ -388,9 +383,10 @@ def _no_room(vm: str, wants: list[Want], count: int, same_numa: bool, same_switc
             "is")
 
 
-_END = (update(ca).where(ca.c.id.in_(bindparam("b_ids", expanding=True)), ca.c.state.in_(LIVE_STATES))
-        .values(state="released", released=bindparam("b_ts"), reason=bindparam("b_reason"))
-        .returning(ca.c.id, ca.c.host, ca.c.device))
+_ENDING = (update(ca).where(_LIVE).values(state="released", released=bindparam("b_ts"), reason=bindparam("b_reason"))
+           .returning(ca.c.id, ca.c.host, ca.c.device))
+_END_ONE = _ENDING.where(ca.c.id == bindparam("b_id"))
+_END = _ENDING.where(ca.c.id.in_(bindparam("b_ids", expanding=True)))
 _FREE = (update(cd).where(cd.c.host == bindparam("b_host"), cd.c.identity == bindparam("b_identity"),
                           cd.c.holder == bindparam("b_id")).values(holder=None))
 
@@ -400,7 +396,8 @@ def end(c: Connection, ids: list[int], ts: str, reason: str) -> set[int]:
     transaction ended (another may have ended some first)."""
     if not ids:
         return set()
-    rows = c.execute(_END, {"b_ids": sorted(ids), "b_ts": ts, "b_reason": reason}).all()
+    one = {"b_id": min(ids)} if len(ids) == 1 else {"b_ids": sorted(ids)}
+    rows = c.execute(_END_ONE if "b_id" in one else _END, {**one, "b_ts": ts, "b_reason": reason}).all()
     frees = [{"b_host": r.host, "b_identity": r.device, "b_id": r.id} for r in rows]
     if frees:  # in (host, device) order, as every transaction that frees several does
         c.execute(_FREE, sorted(frees, key=lambda f: (f["b_host"], f["b_identity"])))
