@@ -18,6 +18,7 @@ PostgreSQL (same code; tests/test_store.py runs every store test on a real serve
       deadlock) and :func:`writing` retries it from the start, where it sees the winner's row. Migrations run at
       READ COMMITTED behind a transaction-scoped advisory lock, so that of two first starts the second waits and
       then sees the first one's tables (a serializable snapshot would be taken before the wait).
+    - A pooled connection that sat idle for PING_IDLE_S or more is pinged before use (replaced when dead).
 Errors: a database that cannot be used is one line naming it and the fix, raised here, at the one place every
 transaction passes (:func:`writing`, :func:`reading`): "database is locked" after the busy timeout is a HostError
 (exit 1, retry); a corrupt, truncated or foreign file ("file is not a database", "database disk image is malformed",
@@ -37,16 +38,17 @@ import time
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, IntegrityError, OperationalError
 
 from ..errors import HostError, InventoryError, PassthruError
 from ..statefs import read_only_fs
 
 __all__ = ["make_engine", "parse_url", "writing", "reading", "begin_outer", "in_savepoint", "fork_guard",
-           "BUSY_TIMEOUT_S", "sqlite_file", "db_label", "unusable", "translate"]
+           "BUSY_TIMEOUT_S", "PING_IDLE_S", "sqlite_file", "db_label", "unusable", "translate"]
 
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 30.0
+PING_IDLE_S = 1.0  # PostgreSQL: a pooled connection idle this long is pinged before use
 _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _READONLY = "passthru_readonly"
 
@@ -81,7 +83,7 @@ def make_engine(url: str) -> Engine:
         if url.startswith("sqlite"):
             return _sqlite_engine(url)
         if url.startswith("postgresql"):
-            return create_engine(url, isolation_level="SERIALIZABLE", pool_pre_ping=True)
+            return _postgresql_engine(url)
         return create_engine(url)
     except ImportError as e:
         module = (e.name or "").split(".")[0] or "?"
@@ -91,6 +93,30 @@ def make_engine(url: str) -> Engine:
         raise InventoryError(f"{shown}: the database driver {module!r} is not installed; {fix}") from None
     except ArgumentError as e:
         raise _bad_url(shown, e) from None
+
+
+def _postgresql_engine(url: str) -> Engine:
+    """Pooled connections are checked before use (a ping) when they sat idle in the pool for PING_IDLE_S or more: that
+    is when a restart or failover may have cut them. One just returned is used as it is (a ping per transaction was
+    one round trip in seven of a placement); if the server went away in that second, the first statement fails as a
+    lost connection, which the cluster store runs again (ClusterStore._retrying) and the pool replaces."""
+    eng = create_engine(url, isolation_level="SERIALIZABLE")
+
+    @event.listens_for(eng, "checkin")
+    def _checkin(_dbapi_conn, rec) -> None:  # type: ignore[no-untyped-def]
+        rec.info["passthru_idle_since"] = time.monotonic()
+
+    @event.listens_for(eng, "checkout")
+    def _checkout(dbapi_conn, rec, _proxy) -> None:  # type: ignore[no-untyped-def]
+        since = rec.info.get("passthru_idle_since")  # None: connected just now
+        if since is None or time.monotonic() - since < PING_IDLE_S:
+            return
+        try:
+            eng.dialect.do_ping(dbapi_conn)
+        except eng.dialect.loaded_dbapi.Error as e:  # the pool retries with a new connection
+            raise DisconnectionError(f"the pooled connection is gone ({e})") from None
+
+    return eng
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -110,7 +136,11 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(eng, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READONLY) else "BEGIN IMMEDIATE")
+        sql = "BEGIN" if conn.get_execution_options().get(_READONLY) else "BEGIN IMMEDIATE"
+        try:  # on the driver's connection: SQLAlchemy's statement machinery costs more than SQLite's BEGIN
+            conn.connection.dbapi_connection.execute(sql)  # type: ignore[union-attr]
+        except sqlite3.Error as e:  # as exec_driver_sql would raise it: "database is locked" is an OperationalError
+            raise DBAPIError.instance(sql, None, e, sqlite3.Error) from None
 
     return eng
 

@@ -49,7 +49,7 @@ T = TypeVar("T")
 _a = assignments
 _MOVE = update(_a).where(_a.c.id == bindparam("b_id")).values(
     state=bindparam("b_state"), updated=bindparam("b_ts"), released=bindparam("b_released"))
-_ACTIVE_OF_VM = select(_a).where(_a.c.vm == bindparam("vm"), _a.c.state.in_(ACTIVE_STATES)).order_by(_a.c.id)
+_ACTIVE_OF_VM = select(_a).where(_a.c.vm == bindparam("vm"), rules.active(_a.c.state)).order_by(_a.c.id)
 _ACTIVE_OF_VM_DEVICE = _ACTIVE_OF_VM.where(_a.c.device == bindparam("device"))
 
 

@@ -80,11 +80,13 @@ class ClusterStore:
             finally:
                 s.close()
             self._ready = self._reached = True
+            self._sweep_at = 0.0  # monotonic time of the next sweep a placement runs first (ClusterStore.place)
 
     def _retrying(self, op: Callable[[], T]) -> T:
-        """``op`` again while the database is away (a restart, a failover): the pool's pre-ping replaces dead
-        connections, and a transaction cut in the middle was rolled back by the server, so running it again is
-        safe. After about 30 s: HostError naming the database."""
+        """``op`` again while the database is away (a restart, a failover): the pool replaces dead connections (pinged
+        before use after 1 s idle; a lost connection seen by a statement invalidates the pool), and a transaction cut
+        in the middle was rolled back by the server, so running it again is safe. After about 30 s: HostError
+        naming the database."""
         delay = 0.05
         deadline = time.monotonic() + _RECONNECT_S
         while True:
@@ -198,9 +200,18 @@ class ClusterStore:
               same_switch: bool = False, host: str | None = None) -> dict:
         """Pick a host and devices for ``vm`` and reserve them, in one transaction (see placement.py)."""
         def run(c: Connection) -> dict | placement.Busy:
-            placement.sweep(c, db_now(c), self.suspect_after, self.down_after)  # what has expired is free again
-            return placement.place(c, vm, wants, count=count, same_numa=same_numa, same_switch=same_switch,
-                                   host=host, ttl=self.reserve_ttl)
+            # the sweep (stale hosts, expired reservations: free again) at most every SWEEP_EVERY_S here, and always
+            # before a refusal (placement.place): whoever finds no room frees what has expired
+            due = time.monotonic() >= self._sweep_at
+            got = placement.place(c, vm, wants, count=count, same_numa=same_numa, same_switch=same_switch,
+                                  host=host, ttl=self.reserve_ttl, sweep_first=due,
+                                  sweep=lambda: placement.sweep(c, db_now(c), self.suspect_after, self.down_after))
+            if due:
+                self._sweep_at = time.monotonic() + placement.SWEEP_EVERY_S
+            if isinstance(got, dict) and self.engine.dialect.name == "postgresql":
+                # the host's agent LISTENs (agent/membership.py): woken at our commit, it takes them over at once
+                c.execute(select(func.pg_notify(RESERVE_CHANNEL, got["host"])))
+            return got
 
         attempts = 50
         before = self.reconnects
