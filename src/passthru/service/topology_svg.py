@@ -221,9 +221,12 @@ def topology_html(doc: dict[str, Any], *, svg: str | None = None, generation: in
         sw.append(f'<span class="sw" style="background:{COLOURS[use]}"></span>{e(word)}')
     out = ['<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
            '<link rel="icon" href="data:,">\n<title>passthru topology</title>\n',
-           f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>passthru topology</h1>\n",
-           f'<p class="summary">{doc["functions"]} PCI functions, {len(gs)} IOMMU groups, '
-           f"{len(gs) - len(blocked)} of them viable or bridges only, {len(blocked)} not viable"
+           f"<style>{_CSS}</style>\n</head>\n",
+           "<body>\n" if generation is None else f'<body data-generation="{generation}">\n',
+           "<h1>passthru topology</h1>\n",
+           f'<p class="summary">{doc["functions"]} PCI functions, {len(gs)} IOMMU groups: '
+           f"{sum(verdict(g) == 'viable' for g in gs)} viable, {len(blocked)} not viable, "
+           f"{sum(verdict(g) == 'bridges only' for g in gs)} bridges only"
            + ("" if doc["iommu"]["enabled"] else f"; {e(doc['iommu']['message'])}") + "</p>\n",
            f'<p class="legend">{"".join(sw)}; <b>\u2192 vm</b> the VM that holds a device. Hover over a row or '
            "a frame for details.</p>\n",
