@@ -17,6 +17,7 @@ if [ "$want_test" = 1 ]; then
     pkgs+=(openssl)  # the agent's TLS test makes a self-signed certificate
     pkgs+=(libvirt-daemon-system libvirt-daemon-driver-qemu)  # tests start their own libvirtd (tests/libvirtd.py)
     pkgs+=(postgresql)  # tests start their own PostgreSQL server in a temporary directory (tests/pg.py)
+    pkgs+=(chromium chromium-driver)  # the topology page is opened in headless chromium (tests/test_topology_browser.py)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

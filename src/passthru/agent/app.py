@@ -24,7 +24,7 @@ from .error_handlers import add_handlers
 from .events import UdevSource
 from .gate import Gate
 from .membership import ClusterOptions, Membership
-from .routes import assignments, cluster, health, inventory, models, takeover, vf, vgpu, vms
+from .routes import assignments, cluster, health, inventory, models, takeover, topology, vf, vgpu, vms
 from .state import Agent
 
 __all__ = ["create_app", "openapi_document", "API_VERSION"]
@@ -83,6 +83,7 @@ def _add_routes(app: FastAPI, agent: Agent) -> None:
     """Every endpoint, in the order the OpenAPI document lists them: the reads, the writes, then vGPUs and VFs."""
     health.add_health(app, agent)  # GET /health
     inventory.add_reads(app, agent)  # GET /devices /groups /usb /serial /doctor
+    topology.add_reads(app, agent)  # GET /topology
     takeover.add_reads(app, agent)  # GET /status
     models.add_reads(app, agent)  # GET /models
     assignments.add_reads(app, agent)  # GET /assignments

@@ -21,7 +21,7 @@ import typer
 from .. import __version__
 from ..service.session import Session
 from ..errors import PassthruError, UsageError
-from . import cluster, completion, devices, hooks, host, models, serve, store, takeover, vf, vgpu, vms
+from . import cluster, completion, devices, hooks, host, models, serve, store, takeover, topology, vf, vgpu, vms
 
 __all__ = ["app", "command", "main"]
 
@@ -83,7 +83,7 @@ def global_options(
 # commands, in the order `passthru --help` lists them (then the groups)
 COMMANDS: list[tuple[str, Callable[..., object]]] = [
     ("devices", devices.devices), ("groups", devices.groups), ("usb", devices.usb), ("serial", devices.serial),
-    ("show", devices.show),
+    ("show", devices.show), ("topology", topology.topology),
     ("doctor", host.doctor), ("prepare", host.prepare), ("capture", host.capture),
     ("bind", takeover.bind), ("restore", takeover.restore), ("status", takeover.status),
     ("reconcile", takeover.reconcile), ("apply-boot", takeover.apply_boot), ("units", takeover.units),
