@@ -213,12 +213,18 @@ def test_fifty_agents_sixteen_schedulers_a_killed_agent_and_a_database_restart(t
         assert tot["placed"] > 50 and tot["confirmed"] > 25, tot
 
         # settle: no reservation left, every host up, then each host's inventory equals its live allocations
+        left: list = []
+
         def settled() -> bool:
             cs.sweep()
-            return (not [a for a in cs.allocations() if a["state"] == "reserved"]
-                    and all(h["state"] == "up" for h in cs.hosts()))
+            left[:] = ([a for a in cs.allocations() if a["state"] == "reserved"]
+                       + [(h["name"], h["state"], h["heartbeat"]) for h in cs.hosts() if h["state"] != "up"])
+            return not left
 
-        wait_for(settled, "the cluster to settle", 120, 1.0)
+        try:
+            wait_for(settled, "the cluster to settle", 120, 1.0)
+        except AssertionError:
+            raise AssertionError(f"not settled after 120 s: {left}") from None
         assert cs.host("h00")["epoch"] == 2
         assert [a["reason"] for a in cs.allocations(vm="doomed", live=False)] == ["expired", "expired"]
 

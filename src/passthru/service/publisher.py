@@ -145,6 +145,9 @@ class Publisher:
             except PassthruError as e:
                 log.error("cluster round failed: %s", e)
                 self._sync_wanted = self._sync_wanted or want_sync
+            except Exception:  # noqa: BLE001 - the loop must outlive a surprise; it is logged whole, then retried
+                log.exception("cluster round failed")
+                self._sync_wanted = self._sync_wanted or want_sync
             self._wake.wait(self.interval)
             self._wake.clear()
 
