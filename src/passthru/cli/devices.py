@@ -115,8 +115,12 @@ def groups(
     from ..host.isolation import explain_groups
 
     why = explain_groups(inv, gs)
+    alone = [str(g.number) for g in gs if len(g.devices) == 1 and not g.viable and not why[g.number][0].note]
+    if alone:
+        con.print(f"group{'s' if len(alone) > 1 else ''} {', '.join(alone)}: one device each, isolated; not viable "
+                  "only because of drivers", markup=False, highlight=False)
     for g in gs:
-        if len(g.devices) > 1 or not g.viable:
+        if len(g.devices) > 1:
             for line in _why_lines(g.number, g.viable, *why[g.number]):
                 con.print(line, markup=False, highlight=False)
     con.print(f"{len(gs)} groups, {sum(g.viable for g in gs)} viable")
