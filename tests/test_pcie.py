@@ -128,3 +128,13 @@ def test_doctor_warns_about_a_shared_group(broken_desktop, capsys):
     assert "0000:00:08.1" in iso[0]["fix"]
     grp = next(c for c in checks if c["id"] == "device.group")
     assert "shared because 0000:01:00.0" in grp["evidence"] and "to isolate" in grp["fix"]
+
+
+def test_memoized_chains_are_the_inventorys(gpu_server, broken_desktop):
+    from passthru.host.isolation import Explainer
+
+    for root in (gpu_server, broken_desktop):
+        inv = discover(HostRoot(root))
+        ex = Explainer(inv)
+        assert [ex.upstream(f.address) for f in inv.pci] == [inv.upstream(f.address) for f in inv.pci]
+        assert any(len(inv.upstream(f.address)) >= 2 for f in inv.pci)

@@ -135,6 +135,29 @@ class Explainer:
         self.facts = dict(facts or {})
         self._by_key: dict[tuple, set[str]] | None = None
         self._below: dict[str, list[str]] | None = None
+        self._fn = {f.address: f for f in inv.pci}
+        self._slots: dict[str, list[str]] = {}
+        for f in inv.pci:
+            self._slots.setdefault(f.address[:-2], []).append(f.address)
+        self._chains: dict[str, list[str]] = {}
+
+    def upstream(self, address: str) -> list[str]:  # noqa: D401
+        """Inventory.upstream, memoized through the parent's chain: the inventory looks functions up one by one,
+        which over every function of a large host would be quadratic."""
+        chain = self._chains.get(address)
+        if chain is None:
+            fn = self._fn.get(address)
+            p = fn.parent if fn is not None else None
+            if p is None or p not in self._fn:
+                chain = self.inv.upstream(address)
+            else:
+                up = self._chains.get(p)
+                if up is None:
+                    self._chains[address] = []  # a loop guard while the parent's chain is worked out
+                    up = self.upstream(p)
+                chain = [p] + up if address not in up else self.inv.upstream(address)
+            self._chains[address] = chain
+        return chain
 
     def fact(self, address: str) -> PcieFacts:
         if address not in self.facts:
@@ -145,7 +168,7 @@ class Explainer:
         """The bridges above ``address`` that do not isolate, nearest first, with the reason; the last one is the
         topmost, whose group the device joins."""
         out = []
-        for b in self.inv.upstream(address):
+        for b in self.upstream(address):
             ok, why = acs_verdict(self.fact(b))
             if ok is not True:
                 out.append((b, why))
@@ -157,10 +180,10 @@ class Explainer:
         base = causes[-1][0] if causes else address
         f = self.fact(base)
         ok, why = acs_verdict(f)
-        fn = self.inv.pci_function(base)
+        fn = self._fn.get(base)
         if f.multifunction and ok is not True and (fn is None or fn.physfn is None):
             slot = base[:-2]
-            first = min((x.address for x in self.inv.pci if x.address[:-2] == slot), default=base)
+            first = min(self._slots.get(slot, [base]))
             causes.append((first, why if why in ("acs_off", "unreadable") else "multifunction_no_acs"))
             return ("slot", slot), causes
         return ("fn", base), causes
@@ -201,7 +224,7 @@ class Explainer:
         ports = []
         seen = set()
         for m in members:
-            for a in [m, *self.inv.upstream(m)]:
+            for a in [m, *self.upstream(m)]:
                 if a in seen:
                     continue
                 seen.add(a)
@@ -212,17 +235,17 @@ class Explainer:
                            note)
 
     def _bridge(self, address: str) -> bool:
-        fn = self.inv.pci_function(address)
+        fn = self._fn.get(address)
         return fn is not None and fn.is_bridge
 
     def advice(self, g: IommuGroup) -> Isolation:
         if self._below is None:
             self._below = {}
             for x in self.inv.pci:
-                chain = self.inv.upstream(x.address)
+                chain = self.upstream(x.address)
                 if chain and not x.is_bridge:
                     self._below.setdefault(chain[-1], []).append(x.address)
-        above = {b for m in g.devices for b in self.inv.upstream(m)}
+        above = {b for m in g.devices for b in self.upstream(m)}
         slots = []
         for fn in self.inv.pci:
             if not fn.is_bridge or fn.address in above:
