@@ -375,7 +375,7 @@ def _check_device(r: Report, f: _Facts, dev: Device) -> None:
     from .host.isolation import why_group
 
     why = why_group(f.inv, fn.iommu_group)
-    if why is not None:
+    if why is not None and (why[0].causes or why[0].note or not why[0].isolated):
         e, iso = why
         reason += f"; {'isolated (one card): ' if e.isolated else 'shared because '}{e.text}"
         if iso is not None and strangers:
