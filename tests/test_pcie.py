@@ -110,7 +110,8 @@ def test_gpu_server_groups_are_explained(gpu_server, capsys):
     inv, by_dev, why = _why(gpu_server)
     e, iso = why[by_dev["0000:02:00.0"]]  # the BMC's VGA behind its PCIe-to-PCI bridge
     assert [(c.address, c.reason) for c in e.causes] == [("0000:01:00.0", "pcie_to_pci")]
-    assert e.isolated and iso is None and e.note is None
+    assert e.isolated and iso is None and e.note is None and e.root_buses == ("0000:00",)
+    assert why[by_dev["0000:d8:00.0"]][0].root_buses == ("0000:d7",)  # socket 1's PCIe stack
     e, _ = why[by_dev["0000:18:00.0"]]
     assert [(c.address, c.reason) for c in e.causes] == [("0000:18:00.0", "multifunction_no_acs")]
     assert "0000:18:00.* (endpoint) is a multifunction device without ACS" in e.text

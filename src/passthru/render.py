@@ -207,7 +207,7 @@ def acs_json(p: PcieFacts) -> dict[str, Any]:
 def explanation_json(why: tuple[Explanation, Isolation | None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(explanation, isolation) objects of a group (docs/topology.md)."""
     e, iso = why
-    expl = {"isolated": e.isolated, "text": e.text, "note": e.note,
+    expl = {"isolated": e.isolated, "text": e.text, "note": e.note, "root_buses": list(e.root_buses),
             "causes": [{"address": c.address, "kind": c.kind, "reason": c.reason, "missing": list(c.missing),
                         "members": list(c.members), "text": c.text} for c in e.causes],
             "ports": [acs_json(p) for p in e.ports]}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from ..discovery import Inventory
 from .iommu import IommuGroup, scan_groups
-from .pcie import PcieFacts, kind_words, read_pcie
+from .pcie import PcieFacts, kind_words, read_pcie, root_bus
 
 __all__ = ["Cause", "Explanation", "Slot", "Isolation", "acs_verdict", "explain_groups", "explain_group",
            "isolation_advice", "why_group", "shared_groups", "OVERRIDE_ARG", "OVERRIDE_WARNING", "Explainer"]
@@ -88,6 +88,7 @@ class Explanation:
     causes: tuple[Cause, ...]
     ports: tuple[PcieFacts, ...]  # every bridge on the members' paths and every multifunction member, with ACS
     note: str | None  # when the kernel's grouping differs from what config space predicts
+    root_buses: tuple[str, ...] = ()  # the root complexes' buses ("0000:00") the members hang from
 
     @property
     def text(self) -> str:
@@ -231,8 +232,9 @@ class Explainer:
                 f = self.fact(a)
                 if a != m or self._bridge(a) or f.multifunction or f.acs is not None:
                     ports.append(f)
+        roots = tuple(sorted({root_bus(m, self.upstream(m)) for m in members}))
         return Explanation(g.number, len(ends) <= 1, tuple(sorted(causes, key=lambda c: c.address)), tuple(ports),
-                           note)
+                           note, roots)
 
     def _bridge(self, address: str) -> bool:
         fn = self._fn.get(address)
