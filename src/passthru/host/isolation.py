@@ -118,9 +118,10 @@ class Isolation:
     def text(self) -> str:
         free = [s for s in self.slots if s.empty]
         if self.slots:
+            offer = free or list(self.slots)
             shown = ", ".join(f"{s.root_port} (node {s.numa_node if s.numa_node >= 0 else '-'}"
-                              f"{', empty' if s.empty else ''})" for s in (free or list(self.slots))[:4])
-            more = f" and {len(self.slots) - 4} more" if len(free or self.slots) > 4 else ""
+                              f"{', empty' if s.empty else ''})" for s in offer[:4])
+            more = f" and {len(offer) - 4} more" if len(offer) > 4 else ""
             head = f"move the card to a slot whose root port isolates: {shown}{more}"
         else:
             head = "no root port on this host isolates (none has working ACS)"
@@ -142,7 +143,7 @@ class Explainer:
             self._slots.setdefault(f.address[:-2], []).append(f.address)
         self._chains: dict[str, list[str]] = {}
 
-    def upstream(self, address: str) -> list[str]:  # noqa: D401
+    def upstream(self, address: str) -> list[str]:
         """Inventory.upstream, memoized through the parent's chain: the inventory looks functions up one by one,
         which over every function of a large host would be quadratic."""
         chain = self._chains.get(address)
