@@ -169,6 +169,7 @@ class PciSpec:
     header_type: int
     acs: bool
     iommu_group: int | None = None  # explicit group (None: automatic or none)
+    acs_ctrl: int = 0x1D  # ACS control register (SV, RR, CR, UF on: what the kernel sets with an IOMMU)
     group: int | None = None  # the group it ended in (after build)
     bridge: str | None = None  # port kind for bridges, None for endpoints
     secondary: int | None = None
@@ -307,12 +308,14 @@ class SysfsBuilder:
             boot_vga: bool | None = None, reset_methods: tuple[str, ...] = ("flr",),
             link: tuple | None = ("8.0 GT/s PCIe", 16), pcie_type: int | None = 0, bars=(), rom: int = 0,
             multifunction: bool = False, acs: bool = False, irq: int | None = None, header_type: int = 0,
-            omit: tuple[str, ...] = ()) -> str:
+            omit: tuple[str, ...] = (), acs_ctrl: int = 0x1D) -> str:
         """Add a PCI function; returns its directory. ``parent``: the upstream bridge (nested under it) or, for a
         VMD-style host endpoint, the endpoint (placed under ``<parent>/pci<domain>:<bus>/``). ``link``: (speed,
         width) or (speed, width, max_speed, max_width); None = conventional PCI (256-byte config, no link attrs).
         ``bars``: ("mem"|"mempf"|"mem64"|"mem64pf"|"io", size) in BAR order (64-bit ones take two slots; None
-        skips a slot). ``omit``: attribute names not to write (a missing attribute)."""
+        skips a slot). ``omit``: attribute names not to write (a missing attribute). ``acs=True`` writes an ACS
+        capability with control register ``acs_ctrl`` (default SV|RR|CR|UF; e.g. 0x11 = redirects off, as
+        ``pci=disable_acs_redir=`` leaves a port)."""
         dom, bus, devfn = _parse(address)
         address = _fmt(dom, bus, devfn)
         if address in self.functions:
@@ -330,7 +333,7 @@ class SysfsBuilder:
         f = PciSpec(address, vendor, device, class_code, subsystem or (vendor, device), revision, driver, parent, d,
                     numa_node, 16 + (devfn + bus) % 16 if irq is None else irq, link,
                     pcie_type if link else None, tuple(reset_methods), header_type, acs, iommu_group,
-                    multifunction=multifunction, boot_vga=boot_vga)
+                    multifunction=multifunction, boot_vga=boot_vga, acs_ctrl=acs_ctrl)
         idx = 0
         for bar in bars:
             if bar is not None:
@@ -827,22 +830,23 @@ class SysfsBuilder:
         _put(f"{self.sys}/firmware/acpi/tables/{sig.decode()}", bytes(table), 0o400)
 
     def _group_key(self, f: PciSpec) -> tuple:
-        """Isolation unit of a function: the subtree of the topmost non-ACS bridge above it, else its slot when it
-        is a multifunction device without ACS, else itself. Devices behind a VMD-style endpoint share its group."""
+        """Isolation unit of a function, the kernel's rule (drivers/iommu/iommu.c pci_device_group, no quirks): the
+        topmost bridge above it that does not isolate (see _isolates) takes it into its group, else it stands
+        alone; that function, when multifunction without working ACS, shares with its slot. Devices behind a
+        VMD-style endpoint share its group."""
         chain, p = [], f.parent
         while p:
             chain.append(self.functions[p])
             p = chain[-1].parent
-        for a in reversed(chain):
+        base = f
+        for a in reversed(chain):  # topmost first
             if not a.bridge:
                 return self._group_key(a)
-            if not a.acs:
-                return ("sub", a.address)
-        if f.bridge and not f.acs:
-            return ("sub", f.address)
-        if f.multifunction and not f.acs and f.physfn is None:
-            return ("slot", f.address[:-2])
-        return ("fn", f.address)
+            if base is f and not _isolates(a):
+                base = a
+        if base.multifunction and not _isolates(base) and base.physfn is None:
+            return ("slot", base.address[:-2])
+        return ("fn", base.address)
 
     # -- USB -----------------------------------------------------------------------------------------------
     def usb_bus(self, busnum: int, controller: str, *, speed: str = "480", ports: int = 4) -> str:
@@ -1374,6 +1378,23 @@ class SysfsBuilder:
             _put(f"{self.dev}/vfio/{g}", "", 0o600)
 
 
+def _acs_cap(f: PciSpec) -> int:
+    """ACS capability register: ports offer SV TB RR CR UF, endpoints also DT (0x40)."""
+    return 0x1F if f.bridge else 0x5F
+
+
+def _isolates(f: PciSpec) -> bool:
+    """The kernel's pci_acs_enabled(f, SV|RR|CR|UF) without quirks: conventional PCI and PCIe-to-PCI bridges never;
+    root and downstream ports only with the controls on; upstream ports and endpoints need ACS only when
+    multifunction."""
+    if not f.link or f.pcie_type in (7, 8, 10):
+        return False
+    if not (f.pcie_type in (4, 6) or f.multifunction and f.pcie_type in (0, 1, 5, 9)):
+        return True
+    req = 0x1D & _acs_cap(f)
+    return f.acs and f.acs_ctrl & req == req
+
+
 def _config(f: PciSpec, sec: int, sub: int, windows: dict, vga: bool) -> bytes:
     """The function's config space as the kernel serves it: 4096 bytes for PCIe, 256 for conventional PCI."""
     c = bytearray(4096 if f.link else 256)
@@ -1425,7 +1446,7 @@ def _config(f: PciSpec, sec: int, sub: int, windows: dict, vga: bool) -> bytes:
             pk("<IHH", c, 0x74, ((f.devfn >> 3) + 1) << 19, 0, 0x0040)
     ext = []
     if f.acs:
-        ext.append((0x000D, struct.pack("<HH", 0x1F if f.bridge else 0x5F, 0x1D)))
+        ext.append((0x000D, struct.pack("<HH", _acs_cap(f), f.acs_ctrl)))
     if f.sriov:
         s = f.sriov
         vfbars = [0] * 6

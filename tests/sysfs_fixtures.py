@@ -160,10 +160,11 @@ def make_broken_desktop(root: str | Path) -> SysfsBuilder:
     b.pci("0000:00:00.0", 0x1022, 0x1630, 0x060000, **chip)
     b.pci("0000:00:00.2", 0x1022, 0x1631, 0x080600, **chip)
     b.pci("0000:00:01.0", 0x1022, 0x1632, 0x060000, **chip)
-    # chipset behind GPP bridge 00:01.2: a switch without ACS -> one group for everything below it
+    # chipset behind GPP bridge 00:01.2: a switch without ACS -> one group for everything below it. Its upstream
+    # port is a multifunction device (header type 0x81) without ACS, so the kernel does not stop at it either
     b.bridge("0000:00:01.2", vendor=0x1022, device=0x1634, link=("16.0 GT/s PCIe", 4))
     b.bridge("0000:01:00.0", parent="0000:00:01.2", kind="upstream", vendor=0x1022, device=0x57AD, acs=False,
-             link=("16.0 GT/s PCIe", 4))
+             link=("16.0 GT/s PCIe", 4), multifunction=True)
     for port, dev in (("0000:02:00.0", 0x57A3), ("0000:02:04.0", 0x57A4), ("0000:02:08.0", 0x57A4)):
         b.bridge(port, parent="0000:01:00.0", kind="downstream", vendor=0x1022, device=dev, acs=False,
                  link=("16.0 GT/s PCIe", 4))

@@ -372,7 +372,31 @@ def _check_device(r: Report, f: _Facts, dev: Device) -> None:
            f"{then}" if not strangers else
            f"group {fn.iommu_group} also holds {', '.join(strangers)} which the host uses: bind them too "
            "(`--group`) if the host can spare them, or move the card to a slot with its own group (ACS)")
+    from .host.isolation import why_group
+
+    why = why_group(f.inv, fn.iommu_group)
+    if why is not None and (why[0].causes or why[0].note or not why[0].isolated):
+        e, iso = why
+        reason += f"; {'isolated (one card): ' if e.isolated else 'shared because '}{e.text}"
+        if iso is not None and strangers:
+            fix += f"; to isolate: {iso.text}"
     r.add("device.group", "IOMMU group viable", status, f"group {fn.iommu_group}: {reason}", fix, device=dev.id)
+
+
+def _check_isolation(r: Report, f: _Facts) -> None:
+    """Groups that hold more than one card: which bridge or port joins them and why, and what would isolate."""
+    if not f.inv.iommu.enabled:
+        return
+    from .host.isolation import shared_groups
+
+    shared, total = shared_groups(f.inv)
+    if not shared:
+        r.add("iommu.isolation", "IOMMU groups isolate each card", PASS,
+              f"{total} groups, each holds the functions of one card at most")
+    for g, e, iso in shared:
+        ends = [a for a in g.devices if not (fn := f.inv.pci_function(a)) or not fn.is_bridge]
+        r.add("iommu.isolation", "IOMMU groups isolate each card", WARN,
+              f"group {g.number} ({', '.join(ends)}) is shared: {e.text}", f"to isolate: {iso.text}" if iso else None)
 
 
 # -- kind checks (kinds/*.py): what is special about a device of that kind (large BARs, companions, namespaces in
@@ -415,6 +439,7 @@ def run_doctor(h: HostRoot, devices: list[Device] | None = None, inv: Inventory 
     _check_memlock(r, facts)
     _check_host_gpu_drivers(r, facts, devices or [])
     _check_sriov(r, facts)
+    _check_isolation(r, facts)
     for dev in devices or []:
         _check_device(r, facts, dev)
         _check_kind(r, facts, dev)

@@ -10,6 +10,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing typing costs start-up time on every CLI call
     from typing import Any
 
+    from .host.isolation import Explanation, Isolation
+    from .host.pcie import PcieFacts
+
 
 from .discovery import Device, Inventory
 from .host.ids import IdsDb, pci_ids, usb_ids
@@ -189,7 +192,35 @@ def device_json(dev: Device, names: Namer) -> dict[str, Any]:
     return head
 
 
-def group_json(g: IommuGroup, inv: Inventory, names: Namer) -> dict[str, Any]:
+def acs_json(p: PcieFacts) -> dict[str, Any]:
+    """One function on a group's path: its kind, multifunction bit and ACS registers (lspci's bit names)."""
+    from .host.isolation import acs_verdict
+
+    ok, why = acs_verdict(p)
+    acs = None if p.acs is None else {"offset": p.acs.offset, "version": p.acs.version, "cap": f"{p.acs.cap:04x}",
+                                      "ctrl": f"{p.acs.ctrl:04x}", "cap_bits": p.acs.bits(p.acs.cap),
+                                      "ctrl_bits": p.acs.bits(p.acs.ctrl), "missing": list(p.acs.missing)}
+    return {"address": p.address, "kind": p.kind, "multifunction": p.multifunction, "config_bytes": p.readable,
+            "acs": acs, "isolates": ok, "verdict": why}
+
+
+def explanation_json(why: tuple[Explanation, Isolation | None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(explanation, isolation) objects of a group (docs/topology.md)."""
+    e, iso = why
+    expl = {"isolated": e.isolated, "text": e.text, "note": e.note, "root_buses": list(e.root_buses),
+            "causes": [{"address": c.address, "kind": c.kind, "reason": c.reason, "missing": list(c.missing),
+                        "members": list(c.members), "text": c.text} for c in e.causes],
+            "ports": [acs_json(p) for p in e.ports]}
+    if iso is None:
+        return expl, None
+    return expl, {"slots": [{"root_port": s.root_port, "numa_node": s.numa_node, "group": s.group, "empty": s.empty,
+                             "holds": list(s.holds)} for s in iso.slots],
+                  "acs_override": {"kernel_argument": iso.override, "last_resort": True, "warning": iso.warning},
+                  "text": iso.text}
+
+
+def group_json(g: IommuGroup, inv: Inventory, names: Namer,
+               why: tuple[Explanation, Isolation | None] | None = None) -> dict[str, Any]:
     members = []
     for addr in g.devices:
         dev = inv.by_id(addr)
@@ -212,6 +243,7 @@ def group_json(g: IommuGroup, inv: Inventory, names: Namer) -> dict[str, Any]:
         "blockers": list(g.blockers),
         "devices": members,
         "other_members": list(g.other_members),
+        **dict(zip(("explanation", "isolation"), explanation_json(why) if why else (None, None))),
     }
 
 

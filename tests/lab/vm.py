@@ -147,6 +147,19 @@ def device_args(disk: Path) -> list[str]:
         *root_port("rp_serial", 9),
         "-chardev", "null,id=ser_pci",
         "-device", "pci-serial,bus=rp_serial,chardev=ser_pci",
+        # a PCIe-to-PCI bridge with two conventional PCI devices behind it: they share the bridge's requester ID,
+        # so the bridge and both make one IOMMU group (not isolated, and passthru must say why)
+        *root_port("rp_legacy", 0xA),
+        "-device", "pcie-pci-bridge,id=pcibr,bus=rp_legacy,addr=0.0",
+        "-device", "pci-testdev,bus=pcibr,addr=1.0",
+        "-device", "pci-testdev,bus=pcibr,addr=2.0",
+        # a PCIe switch (TI X3130 upstream + two downstream ports) with a device on each downstream port
+        *root_port("rp_switch", 0xB),
+        "-device", "x3130-upstream,id=sw_up,bus=rp_switch,addr=0.0",
+        "-device", "xio3130-downstream,id=sw_down1,bus=sw_up,addr=0.0,chassis=21,slot=1",
+        "-device", "xio3130-downstream,id=sw_down2,bus=sw_up,addr=1.0,chassis=22,slot=2",
+        "-device", "pci-testdev,bus=sw_down1,addr=0.0",
+        "-device", "pci-testdev,bus=sw_down2,addr=0.0",
     ]
 
 

@@ -112,7 +112,28 @@ def groups(
         for other in g.other_members:
             t.add_row("", "", other, "mdev/other", "-", "-", "-")
     con.print(t)
+    from ..host.isolation import explain_groups
+
+    why = explain_groups(inv, gs)
+    alone = [str(g.number) for g in gs if len(g.devices) == 1 and not g.viable and not why[g.number][0].note]
+    if alone:
+        con.print(f"group{'s' if len(alone) > 1 else ''} {', '.join(alone)}: one device each, isolated; not viable "
+                  "only because of drivers", markup=False, highlight=False)
+    for g in gs:
+        if len(g.devices) > 1:
+            for line in _why_lines(g.number, g.viable, *why[g.number]):
+                con.print(line, markup=False, highlight=False)
     con.print(f"{len(gs)} groups, {sum(g.viable for g in gs)} viable")
+
+
+def _why_lines(number: int, viable: bool, e, iso) -> list[str]:
+    """Why group ``number`` is as big as it is (isolation), apart from whether it is viable (drivers)."""
+    if not e.causes and e.isolated and not e.note:
+        return [f"group {number}: one device, isolated" + ("" if viable else "; not viable only because of drivers")]
+    out = [f"group {number}: " + ("isolated (one card); " if e.isolated else "shared: ") + e.text]
+    if iso is not None:
+        out.append(f"  to isolate: {iso.text}")
+    return out
 
 
 def usb(
@@ -191,6 +212,11 @@ def show(
         doc["group"] = {"number": dev.fact.iommu_group, "viable": viable, "blockers": list(blockers),
                         "reason": reason, "mates": [pci_json(m, names) | {"kind": inv.by_id(m.address).kind}
                                                     for m in mates]}
+        from ..host.isolation import why_group
+        from ..render import explanation_json
+
+        why = why_group(inv, dev.fact.iommu_group)
+        doc["group"]["explanation"], doc["group"]["isolation"] = explanation_json(why) if why else (None, None)
     if as_json:
         emit_json(doc)
         return
@@ -207,6 +233,9 @@ def show(
     g = doc["group"]
     if g is not None:
         con.print(f"IOMMU group {g['number']}: {g['reason']}")
+        if why is not None and (g["mates"] or not g["viable"]):
+            for line in _why_lines(g["number"], g["viable"], *why):
+                con.print(line, markup=False, highlight=False)
         for m in g["mates"]:
             con.print(f"  {m['address']}  {m['kind']}  {m['vendor']}:{m['device']}  {text(m['name'])}  "
                       f"driver {text(m['driver'])}")

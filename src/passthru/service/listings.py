@@ -58,8 +58,12 @@ def groups_data(s: Session):
 def groups_doc(s: Session) -> dict[str, Any]:
     from ..render import SCHEMA, group_json, iommu_json
 
+    from ..host.isolation import explain_groups
+
     inv, gs = groups_data(s)
-    return {"schema": SCHEMA, "iommu": iommu_json(inv.iommu), "groups": [group_json(g, inv, s.namer()) for g in gs]}
+    why = explain_groups(inv, gs)
+    return {"schema": SCHEMA, "iommu": iommu_json(inv.iommu),
+            "groups": [group_json(g, inv, s.namer(), why[g.number]) for g in gs]}
 
 
 def usb_doc(s: Session) -> dict[str, Any]:
