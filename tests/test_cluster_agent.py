@@ -143,13 +143,19 @@ def test_a_refused_confirmation_undoes_the_takeover(host):
     sched.close()
 
 
-def test_fenced_then_back_the_host_lets_go_of_what_the_cluster_released(host):
+def two_vms_taken(host: Host) -> tuple[Publisher, ClusterStore]:
+    """A started agent that has taken vm1 (GTX 86:00.0) and vm2 (87:00.0) over; and a scheduler's store."""
     pub = host.publisher()
     pub.start()
     sched = ClusterStore(host.url)
     sched.place("vm1", [parse_want(GTX_NOUVEAU[0][4:])])
     sched.place("vm2", [parse_want(GTX_NOUVEAU[1][4:])])
     pub.tick()
+    return pub, sched
+
+
+def test_fenced_then_back_the_host_lets_go_of_what_the_cluster_released(host):
+    pub, sched = two_vms_taken(host)
     assert host.held()[GTX_NOUVEAU[0]] == "vm1"
     assert sched.fence("h1")["released"] == 2
     report = pub.tick()  # the heartbeat is refused (old epoch): the agent joins again and reconciles
@@ -160,12 +166,7 @@ def test_fenced_then_back_the_host_lets_go_of_what_the_cluster_released(host):
 
 
 def test_a_restarted_agent_keeps_what_it_holds_and_drops_what_it_does_not(host):
-    pub = host.publisher()
-    pub.start()
-    sched = ClusterStore(host.url)
-    sched.place("vm1", [parse_want(GTX_NOUVEAU[0][4:])])
-    sched.place("vm2", [parse_want(GTX_NOUVEAU[1][4:])])
-    pub.tick()
+    _pub, sched = two_vms_taken(host)
     release(host.session(), "vm2")  # behind the agent's back, while it is down
     again = host.publisher()
     report = again.start()  # a restart: a new epoch
