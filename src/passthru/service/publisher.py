@@ -167,7 +167,7 @@ class Publisher:
         report: dict = {"host": self.name, "epoch": epoch, "confirmed": [], "taken": [], "refused": [],
                         "renewed": 0, "dropped": [], "released_here": [], "adopted": [], "conflicts": []}
         live_by_dev = {a["device"]: a for a in view["live"]}
-        gone: dict[str, list[str]] = {}
+        gone: dict[tuple[str, str], list[str]] = {}  # (VM, why the cluster ended it) -> devices
         adopt: dict[str, list[str]] = {}
         disputed: set[str] = set()
         for dev, vm in sorted(held.items()):
@@ -176,14 +176,13 @@ class Publisher:
                 continue
             why = view["ended"].get((dev, vm))
             if why in _ENDED_HERE:
-                gone.setdefault(f"{vm}\0{why}", []).append(dev)
+                gone.setdefault((vm, why), []).append(dev)
             elif live is not None:
                 disputed.add(dev)
                 report["conflicts"].append(f"{dev}: held here by VM {vm!r}, in the cluster by {live['vm']!r}")
             else:
                 adopt.setdefault(vm, []).append(dev)
-        for key, devs in gone.items():
-            vm, why = key.split("\0")
+        for (vm, why), devs in gone.items():
             self._release_here(vm, devs, held, report, why)
         reserved: dict[str, list[dict]] = {}
         stale, keep = [], []
