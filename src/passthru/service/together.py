@@ -35,6 +35,14 @@ def host_use(inv: Inventory, address: str) -> str | None:
         f"group mate {uses[0].address}: {uses[0].detail}"
 
 
+def _host_used(inv: Inventory, addresses: list[str]) -> set[str]:
+    """Those of ``addresses`` the host uses, itself or through an IOMMU group mate (:func:`host_use`'s rule), from one
+    scan of the host for all of them."""
+    mates = {a: [a] + [f.address for f in inv.group_mates(a) if not f.is_bridge] for a in addresses}
+    uses = host_uses(inv.root, [x for group in mates.values() for x in group])
+    return {a for a, group in mates.items() if any(uses.get(x) for x in group)}
+
+
 def place_of(inv: Inventory, address: str) -> str | None:
     """Where a device sits for --same-switch: its PCIe switch, else its root port (None on a root bus)."""
     chain = inv.upstream(address)
@@ -85,7 +93,8 @@ def choose_together(store: Store, inv: Inventory, models: set[str], vm: str, spe
             kinds = {r["identity"] for r in store.devices(kind=sp.value, state="present")}
             match = [r for r in free if r["identity"] in kinds]
         match = [r for r in match if not (fn := inv.pci_function(r["identity"][4:])) or not fn.is_bridge]
-        match = [r for r in match if not host_use(inv, pci_address(r["identity"]) or "")]
+        used = _host_used(inv, [pci_address(r["identity"]) or "" for r in match])
+        match = [r for r in match if pci_address(r["identity"]) not in used]
         if numa is not None and numa_policy == "strict":
             match = [r for r in match if r["numa_node"] == numa]
         if len(match) < count:
