@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from passthru.inventory.cluster import ClusterDevice
+from passthru.errors import HostError, NotFoundError
+from passthru.inventory import ClaimError
+from passthru.inventory.cluster import ClusterDevice, StaleEpoch
 from sysfs_builder import SysfsBuilder
 
 A100 = (0x10DE, 0x20B5)
@@ -95,3 +97,16 @@ def doubles(history: list[dict]) -> list[str]:
                 bad.append(f"{dev}: allocation {prev['id']} ({prev['vm']}, {prev['created']}..{prev['released']}) "
                            f"and {nxt['id']} ({nxt['vm']}, from {nxt['created']})")
     return bad
+
+
+def answer(e: Exception) -> str | None:
+    """The count a scheduler's expected refusal goes under; None for anything else (an error the test reports)."""
+    if isinstance(e, ClaimError):  # "already holds": a placement committed just as the connection was cut, retried
+        return "gone" if "already holds" in str(e) else "no_room"
+    if isinstance(e, StaleEpoch):
+        return "stale"  # the host was fenced or rejoined between placement and confirmation
+    if isinstance(e, NotFoundError):
+        return "gone"  # expired or fenced before it was confirmed or released
+    if isinstance(e, HostError) and "being taken by other schedulers" in str(e):
+        return "busy"
+    return None
