@@ -100,7 +100,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     tr.write_line(f"{'boot':<16}{'steps':>6}{'start':>9}{'wall':>9}{'in steps':>10}{'boot+off':>10}")
     for t in sorted(boots.timings, key=lambda t: t.started):
         tr.write_line(f"{t.boot:<16}{t.steps:>6}{t.started:>8.0f}s{t.wall:>8.0f}s{t.in_steps:>9.0f}s"
-                      f"{t.overhead:>9.0f}s" + (f"  FAILED: {t.error}" if t.error else ""))
+                      f"{t.overhead:>9.0f}s" + (f"  FAILED: {t.error}" if t.error else "")
+                      + (f"  (booted again after {t.stalls} early-boot stall(s))" if t.stalls else ""))
     end = max(t.started + t.wall for t in boots.timings)
     tr.write_line(f"all boots: {end:.0f}s from the first start to the last power-off; "
                   f"{sum(t.wall for t in boots.timings):.0f}s of guest time")

@@ -145,6 +145,7 @@ class BootTiming:
     in_steps: float
     started: float  # seconds after the first boot started
     error: str | None = None
+    stalls: int = 0  # boots killed (and booted again) because the kernel stalled before the script started
 
     @property
     def overhead(self) -> float:
@@ -238,8 +239,9 @@ class Boots:
             self.timings.append(BootTiming(boot, len(plan), time.monotonic() - t0,
                                            sum(float(x) for x in STEP_TIME.findall(text)), started, str(e)[:200]))
             return None, str(e), run_dir / "out", slugs
-        self.timings.append(BootTiming(boot, len(plan), result.duration,
-                                       sum(float(x) for x in STEP_TIME.findall(result.console)), started))
+        self.timings.append(BootTiming(boot, len(plan), time.monotonic() - t0,
+                                       sum(float(x) for x in STEP_TIME.findall(result.console)), started,
+                                       stalls=len(result.stalls)))
         return result, None, run_dir / "out", slugs
 
     def run_for(self, item: pytest.Item) -> GuestRun:

@@ -37,6 +37,8 @@ def test_exit_status_output_and_files_come_back(lab: Lab):
         r.check()
     # the kernel's boot log is on the console, never in the script's output
     assert "Linux version" in r.console and "Linux version" not in r.output
+    # the early-boot watchdog saw /init start the script on the real console (else every boot would be killed)
+    assert r.started_after is not None and 0 < r.started_after < r.duration and r.stalls == []
 
 
 def test_timeout_kills_qemu_and_raises(lab: Lab):

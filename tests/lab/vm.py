@@ -16,6 +16,11 @@ marker that the guest's /init prints on the console, ``PASSTHRU-LAB-END <nonce> 
 Failures of the lab itself (QEMU does not start, the guest cannot mount its root, the timeout expires, the guest
 dies before the end marker) raise :class:`LabError` with the console tail; they never look like a command's status.
 
+A guest whose kernel stalls before /init starts the script (no ``running`` line within ``START_TIMEOUT``) is killed
+and booted once more (``BOOT_ATTEMPTS``): nothing of the script ran, so a second boot repeats nothing. The stalled
+console is kept as ``console-stall-<N>.log`` and :attr:`Result.stalls` says so. A stall after the script started is
+never retried: that is the timeout, and the test's failure.
+
 Command line::
 
     python -m tests.lab.vm -- 'lspci -nnk'          # one command, prints its output, exits with its status
@@ -41,10 +46,16 @@ from typing import Any
 
 from .build import LabBuildError, LabImage, cache_dir, ensure_built
 
-__all__ = ["Lab", "LabError", "Result", "device_args", "find_venv", "QEMU", "DEFAULT_TIMEOUT", "GUEST_OUT"]
+__all__ = ["Lab", "LabError", "Result", "device_args", "find_venv", "QEMU", "DEFAULT_TIMEOUT", "GUEST_OUT",
+           "START_TIMEOUT"]
 
 QEMU = "qemu-system-x86_64"
 DEFAULT_TIMEOUT = 300.0
+# seconds from QEMU's start until /init says it runs the script (a boot takes 15-45 s here, up to ~90 s with two
+# guests and the unit tests on 2 cores); a guest that has not got there by then stalled in its kernel's early boot
+# (once in CI: a vCPU idle in HLT whose timer interrupt never came, RCU stall warnings, nothing else for 20 min)
+START_TIMEOUT = 240.0
+BOOT_ATTEMPTS = 2
 GUEST_OUT = "/lab-out"
 VENV_ENV = "PASSTHRU_LAB_VENV"
 REPO = Path(__file__).resolve().parents[2]
@@ -85,6 +96,8 @@ class Result:
     out_dir: Path
     duration: float
     qemu_stderr: str = ""
+    stalls: list[str] = field(default_factory=list)  # one line per boot killed before the script started
+    started_after: float | None = None  # seconds from QEMU's start to /init's "running" line (the boot itself)
 
     def path(self, name: str) -> Path:
         return self.out_dir / name
@@ -300,11 +313,14 @@ class Lab:
     # ------------------------------------------------------------------------------------------- running
 
     def run(self, script: str, *, timeout: float = DEFAULT_TIMEOUT, env: dict[str, str] | None = None,
-            run_dir: Path | None = None, echo: bool | None = None, kernel_args: tuple[str, ...] = ()) -> Result:
+            run_dir: Path | None = None, echo: bool | None = None, kernel_args: tuple[str, ...] = (),
+            start_timeout: float = START_TIMEOUT, attempts: int = BOOT_ATTEMPTS) -> Result:
         """Boot, run ``script`` with bash in the guest (cwd /lab-out), power off; return its status and output.
 
         ``echo`` streams the console to stderr while it runs (default: $PASSTHRU_LAB_ECHO=1). ``kernel_args`` are
         added to the kernel command line (e.g. ``passthru.coldplug=0``, ``passthru.loglevel=7``; see init.sh).
+        A boot that has not started the script after ``start_timeout`` seconds is killed and booted again, up to
+        ``attempts`` boots in all; ``timeout`` counts from the start of the boot that runs the script.
         """
         run_dir = self._prepare_run_dir(run_dir)
         out = run_dir / "out"
@@ -314,24 +330,42 @@ class Lab:
                 f'| tee {GUEST_OUT}/.lab/output.txt\n'
                 f'exit "$(cat {GUEST_OUT}/.lab/rc 2>/dev/null || echo 254)"')
         self._write_wrapper(lab, self.guest_env(env), body)
-        nonce = secrets.token_hex(8)
-        argv = self.qemu_argv(run_dir, nonce, kernel_args=kernel_args)
-        (lab / "qemu.argv").write_text("\n".join(argv) + "\n")
         if echo is None:
             echo = os.environ.get("PASSTHRU_LAB_ECHO") == "1"
-        console, stderr, duration, timed_out = _run_qemu(argv, timeout, run_dir / "console.log", echo)
+        stalls: list[str] = []
+        while True:
+            nonce = secrets.token_hex(8)
+            argv = self.qemu_argv(run_dir, nonce, kernel_args=kernel_args)
+            (lab / "qemu.argv").write_text("\n".join(argv) + "\n")
+            started = f"] running {GUEST_OUT}/.lab/run.sh".encode()
+            console, stderr, duration, ended, started_after = _run_qemu(argv, timeout, run_dir / "console.log", echo,
+                                                         started=started, start_timeout=start_timeout)
+            if ended != "stalled":
+                break
+            kept = run_dir / f"console-stall-{len(stalls) + 1}.log"
+            os.replace(run_dir / "console.log", kept)
+            stalls.append(f"boot {len(stalls) + 1} had not started the script after {start_timeout:.0f}s "
+                          f"(console in {kept})")
+            if len(stalls) >= attempts:
+                raise LabError(f"the guest stalled before running the script in {len(stalls)} boots "
+                               f"(run dir {run_dir})\n--- console tail:\n{_tail(console)}\n"
+                               f"--- qemu stderr:\n{_tail(stderr, 20)}", run_dir)
+            self._prepare_run_dir(run_dir)  # a fresh disk; the script and its wrapper stay
         fail = re.search(rf"PASSTHRU-LAB-FAIL {nonce} (.*)", console)
         if fail:
             raise LabError(f"the lab could not start: {fail.group(1)}\n--- console tail:\n{_tail(console)}", run_dir)
         end = re.search(rf"PASSTHRU-LAB-END {nonce} rc=(\d+)", console)
         rc = int(end.group(1)) if end else None
         if rc is None:
-            why = f"timed out after {timeout:.0f}s" if timed_out else "ended without the end marker"
+            why = {"timeout": f"timed out after {timeout:.0f}s",
+                   "late": f"started the script only as it was killed, {start_timeout:.0f}s after its start"
+                   }.get(ended, "ended without the end marker")
             raise LabError(f"the guest {why} (run dir {run_dir})\n--- console tail:\n{_tail(console)}\n"
                            f"--- qemu stderr:\n{_tail(stderr, 20)}", run_dir)
         output_file = lab / "output.txt"
         output = output_file.read_text(errors="replace") if output_file.exists() else ""
-        return Result(rc=rc, output=output, console=console, out_dir=out, duration=duration, qemu_stderr=stderr)
+        return Result(rc=rc, output=output, console=console, out_dir=out, duration=duration, qemu_stderr=stderr,
+                      stalls=stalls, started_after=started_after)
 
     def shell(self, *, env: dict[str, str] | None = None) -> int:
         """Interactive root shell in a fresh guest, on this terminal. Ctrl-a x quits QEMU; `exit` powers off."""
@@ -344,7 +378,13 @@ class Lab:
         return subprocess.run(argv, check=False).returncode
 
 
-def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool) -> tuple[str, str, float, bool]:
+def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool, *, started: bytes = b"",
+              start_timeout: float = 0.0) -> tuple[str, str, float, str, float | None]:
+    """Run QEMU until it exits; return console, stderr, seconds, how it ended, and after how many seconds the
+    ``started`` bytes came (None: never). How it ended: ``"exited"``, ``"timeout"``
+    (killed after ``timeout`` s), ``"stalled"`` (killed: no ``started`` bytes on the console within
+    ``start_timeout`` s, when that is shorter than ``timeout``), or ``"late"`` (killed so, but the bytes came in
+    before it died)."""
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -352,9 +392,14 @@ def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool) -> tu
         raise LabError(f"cannot start {argv[0]}: {e}") from e
     chunks: list[bytes] = []
     errs: list[bytes] = []
+    seen = threading.Event()
+    seen_at: list[float] = []
+    if not started:
+        seen.set()
 
     def pump_out() -> None:
         assert proc.stdout is not None
+        tail = b""
         with open(log_path, "wb") as log:
             while True:
                 b = proc.stdout.read1(65536)
@@ -363,6 +408,11 @@ def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool) -> tu
                 chunks.append(b)
                 log.write(b)
                 log.flush()
+                if not seen.is_set():
+                    tail = tail[-len(started):] + b  # the marker may straddle two reads
+                    if started in tail:
+                        seen_at.append(time.monotonic() - t0)
+                        seen.set()
                 if echo:
                     sys.stderr.buffer.write(b)
                     sys.stderr.buffer.flush()
@@ -375,11 +425,15 @@ def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool) -> tu
     threads = [threading.Thread(target=pump_out, daemon=True), threading.Thread(target=pump_err, daemon=True)]
     for t in threads:
         t.start()
-    timed_out = False
+    ended = "exited"
+    watch_start = 0.0 < start_timeout < timeout
     try:
-        proc.wait(timeout=timeout)
+        if watch_start and not seen.wait(start_timeout) and proc.poll() is None:
+            ended = "stalled"
+            proc.kill()
+        proc.wait(timeout=max(0.0, timeout - (time.monotonic() - t0)))
     except subprocess.TimeoutExpired:
-        timed_out = True
+        ended = "timeout"
         proc.kill()
         proc.wait(timeout=30)
     except BaseException:  # Ctrl-C in pytest: never leave a QEMU behind
@@ -388,8 +442,11 @@ def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool) -> tu
         raise
     for t in threads:
         t.join(timeout=10)
+    if ended == "stalled" and seen.is_set():
+        ended = "late"  # the script may have begun as QEMU was killed: never boot it again
     console = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
-    return console, b"".join(errs).decode(errors="replace"), time.monotonic() - t0, timed_out
+    return (console, b"".join(errs).decode(errors="replace"), time.monotonic() - t0, ended,
+            seen_at[0] if seen_at else None)
 
 
 def main(argv: list[str] | None = None) -> int:
