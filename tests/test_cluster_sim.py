@@ -74,6 +74,9 @@ class Agent:
             self.log.close()
 
 
+SETTLE = 240.0  # seconds the 50-host run may take to settle after the schedulers stop
+
+
 def wait_for(cond, what: str, timeout: float = 120.0, step: float = 0.2):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -217,10 +220,10 @@ def test_fifty_agents_sixteen_schedulers_a_killed_agent_and_a_database_restart(t
                        + [(h["name"], h["state"], h["heartbeat"]) for h in cs.hosts() if h["state"] != "up"])
             return not left
 
-        try:
-            wait_for(settled, "the cluster to settle", 120, 1.0)
+        try:  # generous: 50 agents share 2 cores with the lab's guests in CI, and waiting costs nothing when settled
+            wait_for(settled, "the cluster to settle", SETTLE, 1.0)
         except AssertionError:
-            raise AssertionError(f"not settled after 120 s: {left}") from None
+            raise AssertionError(f"not settled after {SETTLE:.0f} s: {left}") from None
         assert cs.host("h00")["epoch"] == 2
         assert [a["reason"] for a in cs.allocations(vm="doomed", live=False)] == ["expired", "expired"]
 
@@ -231,7 +234,7 @@ def test_fifty_agents_sixteen_schedulers_a_killed_agent_and_a_database_restart(t
             return [f"{ag.name}: host {ag.held()} cluster {live.get(ag.name, {})}" for ag in agents
                     if ag.held() != live.get(ag.name, {})]
 
-        wait_for(lambda: not agree(), "every host's inventory to agree with the cluster", 60, 1.0)
+        wait_for(lambda: not agree(), "every host's inventory to agree with the cluster", SETTLE, 1.0)
         history = cs.allocations(live=False)
         assert doubles(history) == []
         print(f"\n50-host simulation: {tot}, {len(history)} allocations in the history, 0 doubles")
