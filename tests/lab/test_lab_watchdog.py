@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ out = sys.stdout.buffer
 def say(text, pause=0.0):
     out.write(text.encode()); out.flush(); time.sleep(pause)
 say("[    0.000000] Linux version 6.1.0-lab\r\n")
+if mode == "panic":
+    sys.exit(0)
 if mode == "stall":
     say("[   65.595316] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\r\n", 600)
 say("passthru-lab: [3.1] run", 0.5 if mode == "split" else 0)
@@ -94,3 +97,10 @@ def test_a_timeout_shorter_than_the_watch_is_a_timeout(fake_lab):
     with pytest.raises(LabError, match="timed out after 1s"):
         fake_lab("stall,ok", timeout=1, start_timeout=240)
     assert fake_lab.boots() == 1
+
+
+def test_a_guest_gone_before_its_script_is_not_waited_for(fake_lab):
+    t0 = time.monotonic()
+    with pytest.raises(LabError, match="ended without the end marker"):
+        fake_lab("panic,ok", timeout=60, start_timeout=30)
+    assert time.monotonic() - t0 < 15 and fake_lab.boots() == 1

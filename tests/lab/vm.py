@@ -392,10 +392,8 @@ def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool, *, st
         raise LabError(f"cannot start {argv[0]}: {e}") from e
     chunks: list[bytes] = []
     errs: list[bytes] = []
-    seen = threading.Event()
-    seen_at: list[float] = []
-    if not started:
-        seen.set()
+    seen_at: list[float] = []  # when the started bytes came
+    wake = threading.Event()  # set by the started bytes or by the end of the console (QEMU gone)
 
     def pump_out() -> None:
         assert proc.stdout is not None
@@ -404,15 +402,16 @@ def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool, *, st
             while True:
                 b = proc.stdout.read1(65536)
                 if not b:
+                    wake.set()
                     break
                 chunks.append(b)
                 log.write(b)
                 log.flush()
-                if not seen.is_set():
+                if started and not seen_at:
                     tail = tail[-len(started):] + b  # the marker may straddle two reads
                     if started in tail:
                         seen_at.append(time.monotonic() - t0)
-                        seen.set()
+                        wake.set()
                 if echo:
                     sys.stderr.buffer.write(b)
                     sys.stderr.buffer.flush()
@@ -426,9 +425,9 @@ def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool, *, st
     for t in threads:
         t.start()
     ended = "exited"
-    watch_start = 0.0 < start_timeout < timeout
+    watch_start = bool(started) and 0.0 < start_timeout < timeout
     try:
-        if watch_start and not seen.wait(start_timeout) and proc.poll() is None:
+        if watch_start and not wake.wait(start_timeout) and proc.poll() is None:
             ended = "stalled"
             proc.kill()
         proc.wait(timeout=max(0.0, timeout - (time.monotonic() - t0)))
@@ -442,7 +441,7 @@ def _run_qemu(argv: list[str], timeout: float, log_path: Path, echo: bool, *, st
         raise
     for t in threads:
         t.join(timeout=10)
-    if ended == "stalled" and seen.is_set():
+    if ended == "stalled" and seen_at:
         ended = "late"  # the script may have begun as QEMU was killed: never boot it again
     console = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n")
     return (console, b"".join(errs).decode(errors="replace"), time.monotonic() - t0, ended,
